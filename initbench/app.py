@@ -1,0 +1,170 @@
+"""Hydra behind the CLI: compose and check configs, then launch runs (one or a sweep).
+
+Every combination of a sweep is composed and validated *before* Hydra starts, so a typo stops
+the command with one message and leaves no run directory behind. Then Hydra's own entry point
+runs, with its override grammar, launchers and sweepers intact.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+import initbench.config  # noqa: F401 - registers the schemas with the ConfigStore
+from initbench import record
+from initbench.config import ConfigError, validate
+
+log = logging.getLogger(__name__)
+
+CONFIG_MODULE = "initbench.configs"
+MAX_CHECKED_COMBINATIONS = 2000
+
+
+class UsageError(ValueError):
+    """Bad command-line input; the message is meant for the user as it is."""
+
+
+def compose_config(overrides: list[str] | None = None, *, hydra_node: bool = False) -> DictConfig:
+    """Compose the primary config with ``overrides``, outside of a run (tests, checks)."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            return compose("config", overrides=list(overrides or []),
+                           return_hydra_config=hydra_node)  # fmt: skip
+    except (HydraException, OmegaConfBaseException) as error:
+        raise UsageError(explain(error)) from error
+
+
+def explain(error: BaseException) -> str:
+    """Hydra's message with the cause it wraps (the wrapped one names the type problem)."""
+    parts = [str(error).strip()]
+    cause = error.__cause__ or error.__context__
+    while cause is not None:
+        text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        if text and text not in parts[-1]:
+            parts.append(text)
+        cause = cause.__cause__ or cause.__context__
+    message = "\n".join(parts)
+    # Hydra lists its search path after the valid options; users need only the options.
+    return message.split("\nConfig search path:")[0]
+
+
+def sweep_combinations(overrides: list[str], base: DictConfig) -> list[list[str]]:
+    """The override lists a basic sweep would run, in order (Hydra's own expansion)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    params = OmegaConf.select(base, "hydra.sweeper.params") or {}
+    arguments = [f"{key}={value}" for key, value in params.items()] + overrides
+    parsed = OverridesParser.create().parse_overrides(arguments)
+    batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    return [combination for batch in batches for combination in batch]
+
+
+def check(overrides: list[str], multirun: bool) -> int:
+    """Compose and validate every run the command would start; return how many."""
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(overrides)
+    except HydraException as error:
+        raise UsageError(explain(error)) from error
+    if not multirun:
+        cfg = compose_config(overrides, hydra_node=True)
+        _validate(cfg, overrides)
+        _check_writable(OmegaConf.select(cfg, "hydra.run.dir"))
+        return 1
+    plain = [o.input_line for o in parsed if not o.is_sweep_override()]
+    base = compose_config(plain, hydra_node=True)
+    _check_writable(OmegaConf.select(base, "hydra.sweep.dir"))
+    sweeper = OmegaConf.select(base, "hydra.sweeper._target_") or ""
+    if not sweeper.endswith("BasicSweeper"):
+        _validate(base, plain)  # other sweepers choose values as they go
+        return 1
+    combinations = sweep_combinations(overrides, base)
+    for combination in combinations[:MAX_CHECKED_COMBINATIONS]:
+        _validate(compose_config(combination), combination)
+    return len(combinations)
+
+
+def _validate(cfg: DictConfig, overrides: list[str]) -> None:
+    try:
+        validate(cfg)
+    except ConfigError as error:
+        where = f" (in the run with {' '.join(overrides)})" if overrides else ""
+        raise UsageError(f"{error}{where}") from error
+
+
+def _check_writable(directory: str | None) -> None:
+    if not directory:
+        return
+    path = Path(directory).absolute()
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"cannot write the output directory {path}: {existing} is not a writable folder. "
+            "Run from a writable folder or set hydra.run.dir=... (hydra.sweep.dir=... for -m) "
+            "to a folder you can write."
+        )
+
+
+# ----------------------------------------------------------------------------- launching
+
+
+_results: list[dict[str, Any]] = []
+
+
+def _task(cfg: DictConfig) -> dict[str, Any]:
+    """The Hydra task: one run, never raising on an ordinary failure, so a sweep goes on."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from initbench.train import run
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        summary = run(cfg, run_dir)
+    except KeyboardInterrupt:
+        raise
+    except Exception as error:  # recorded in the run's own summary and log
+        log.error("run in %s failed: %s: %s", run_dir, type(error).__name__, error)
+        summary = record.read_summary(run_dir)
+        if summary is None or summary.get("status") == "running":
+            summary = {**(summary or {}), "status": "failed",
+                       "error": f"{type(error).__name__}: {error}", "run_dir": str(run_dir)}
+            record.atomic_write_json(run_dir / record.SUMMARY, summary)
+    _results.append(summary)
+    return summary
+
+
+def launch(overrides: list[str], *, multirun: bool = False, hydra_flags: list[str] = (),
+           task: Callable[[DictConfig], Any] = _task) -> list[dict[str, Any]]:  # fmt: skip
+    """Run Hydra's entry point as if called as ``initbench [-m] [flags] overrides``.
+
+    Returns the summaries of the runs this process executed (a joblib or submitit launcher
+    runs them elsewhere: see the sweep's ``sweep_summary.csv`` for those).
+    """
+    import hydra
+
+    GlobalHydra.instance().clear()
+    _results.clear()
+    entry = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}",
+                       config_name="config")(task)  # fmt: skip
+    argv = sys.argv
+    sys.argv = ["initbench", *(["--multirun"] if multirun else []), *hydra_flags, *overrides]
+    try:
+        entry()
+    finally:
+        sys.argv = argv
+        GlobalHydra.instance().clear()
+    return list(_results)

@@ -1,0 +1,347 @@
+"""Data sources for CIFAR-10 and a synthetic stand-in, loaded once as uint8 tensors.
+
+Every source ends as the same thing, a :class:`Dataset` of ``uint8`` images shaped
+``(N, 3, 32, 32)`` and ``int64`` labels, so the training loop can hold the whole split on the
+device and slice, augment and normalize batches there (:func:`augment`, :func:`normalize`).
+
+Sources for ``data=cifar10``, tried in this order for ``data.root``:
+
+1. a ``.tar.gz`` archive or a folder in the ``train/<class>/*``, ``test/<class>/*`` layout
+   (JPEG or PNG, 32x32 RGB); decoded once, then read from a cache of tensors;
+2. torchvision's own copy (``<root>/cifar-10-batches-py``);
+3. torchvision's download into ``root`` when ``data.download`` is true and the network allows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy
+import torch
+
+from initbench.record import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+IMAGE_SHAPE = (3, 32, 32)
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+CACHE_VERSION = 1
+
+
+class DataError(ValueError):
+    """The dataset cannot be found or read; the message says what to provide instead."""
+
+
+@dataclass
+class Dataset:
+    train_images: torch.Tensor  # (N, 3, 32, 32) uint8
+    train_labels: torch.Tensor  # (N,) int64
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: list[str]
+    source: str  # where it came from, for the record
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to(self, device: torch.device) -> Dataset:
+        move = lambda tensor: tensor.to(device, non_blocking=True)  # noqa: E731
+        return Dataset(
+            move(self.train_images), move(self.train_labels),
+            move(self.test_images), move(self.test_labels),
+            self.classes, self.source,
+        )  # fmt: skip
+
+    def channel_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and std of the training images, on the 0..1 scale."""
+        pixels = self.train_images.float().div_(255).transpose(0, 1).reshape(3, -1)
+        return pixels.mean(dim=1), pixels.std(dim=1)
+
+
+# ----------------------------------------------------------------------------- batch transforms
+
+
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float, per-channel standardized."""
+    images = images.float().div_(255)
+    return images.sub_(mean.view(1, 3, 1, 1)).div_(std.view(1, 3, 1, 1))
+
+
+def augment(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, for a whole batch at once.
+
+    Works on any dtype and device; each image gets its own offset and flip, drawn from
+    ``generator`` (which must live on the images' device).
+    """
+    batch, _, height, width = images.shape
+    device = images.device
+    flip = torch.rand(batch, device=device, generator=generator) < 0.5
+    images = torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
+    if padding == 0:
+        return images
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    shift = torch.randint(0, 2 * padding + 1, (2, batch), device=device, generator=generator)
+    rows = shift[0].view(-1, 1) + torch.arange(height, device=device)  # (B, H)
+    cols = shift[1].view(-1, 1) + torch.arange(width, device=device)  # (B, W)
+    # Gather rows, then columns: two cheap index_selects per batch instead of a Python loop.
+    padded = padded.gather(2, rows.view(batch, 1, height, 1).expand(-1, 3, -1, padded.shape[3]))
+    return padded.gather(3, cols.view(batch, 1, 1, width).expand(-1, 3, height, -1))
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def load_dataset(data_cfg, base_dir: Path | None = None) -> Dataset:
+    """Load the configured dataset onto the CPU as uint8 tensors, subsets applied.
+
+    ``base_dir`` is the directory relative paths refer to (the one the command was run from).
+    """
+    if data_cfg.name == "synthetic":
+        dataset = synthetic_dataset(data_cfg.num_train, data_cfg.num_test, data_cfg.num_classes)
+    elif data_cfg.name == "cifar10":
+        base_dir = Path(base_dir or os.getcwd())
+        root = _resolve(data_cfg.root, base_dir)
+        cache_dir = _resolve(data_cfg.cache_dir, base_dir) if data_cfg.cache_dir else None
+        dataset = load_cifar10(root, download=data_cfg.download, cache_dir=cache_dir)
+    else:
+        raise DataError(f"data.name={data_cfg.name!r} is unknown; choose cifar10 or synthetic.")
+    return subset(dataset, data_cfg.train_subset, data_cfg.test_subset)
+
+
+def _resolve(path: str | os.PathLike, base_dir: Path) -> Path:
+    path = Path(os.path.expanduser(str(path)))
+    return path if path.is_absolute() else base_dir / path
+
+
+def synthetic_dataset(num_train: int, num_test: int, num_classes: int = 10) -> Dataset:
+    """Images whose class can be read from the pixels: a smooth class template plus noise.
+
+    The same arguments always give the same images (a fixed generator), so two runs with
+    different seeds differ only in what the seed controls.
+    """
+    generator = torch.Generator().manual_seed(20261204)
+    coarse = torch.rand(num_classes, 3, 4, 4, generator=generator)
+    templates = torch.nn.functional.interpolate(coarse, size=(32, 32), mode="bilinear") * 200
+
+    def make(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.arange(count) % num_classes
+        labels = labels[torch.randperm(count, generator=generator)]
+        noise = torch.randn(count, *IMAGE_SHAPE, generator=generator) * 40
+        images = (templates[labels] + noise + 28).clamp_(0, 255).round_().to(torch.uint8)
+        return images, labels
+
+    train_images, train_labels = make(num_train)
+    test_images, test_labels = make(num_test)
+    classes = [f"class{i}" for i in range(num_classes)]
+    return Dataset(train_images, train_labels, test_images, test_labels, classes, "synthetic")
+
+
+def subset(dataset: Dataset, train: int | None, test: int | None) -> Dataset:
+    """The first ``train`` / ``test`` images, taken class by class in turn so classes stay
+    balanced."""
+
+    def take(images, labels, count):
+        if count is None or count >= len(labels):
+            return images, labels
+        order = torch.argsort(labels, stable=True)
+        rank = torch.empty_like(order)
+        sorted_labels = labels[order]
+        # position of each image within its class, then interleave classes by that position
+        starts = torch.searchsorted(sorted_labels, sorted_labels, right=False)
+        rank[order] = torch.arange(len(labels)) - starts
+        keys = rank * (int(labels.max()) + 1) + labels
+        chosen = torch.argsort(keys, stable=True)[:count].sort().values
+        return images[chosen], labels[chosen]
+
+    train_images, train_labels = take(dataset.train_images, dataset.train_labels, train)
+    test_images, test_labels = take(dataset.test_images, dataset.test_labels, test)
+    return Dataset(
+        train_images, train_labels, test_images, test_labels, dataset.classes, dataset.source
+    )
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "initbench"
+
+
+def load_cifar10(root: Path, *, download: bool = True, cache_dir: Path | None = None) -> Dataset:
+    root = Path(root)
+    if root.is_file():
+        if not root.name.endswith((".tar.gz", ".tgz", ".tar")):
+            raise DataError(
+                f"data.root={root} is a file but not a .tar.gz archive. Point data.root at a "
+                "folder or .tar.gz with train/<class>/*.jpg and test/<class>/*.jpg, or at "
+                "torchvision's CIFAR-10 folder (the one holding cifar-10-batches-py)."
+            )
+        return _cached(root, cache_dir, lambda: _read_archive(root))
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        return _cached(root, cache_dir, lambda: _read_folder(root))
+    if (root / "cifar-10-batches-py").is_dir() or download:
+        return _torchvision_cifar10(root, download)
+    raise DataError(_missing_message(root, "data.download=false"))
+
+
+def _missing_message(root: Path, reason: str) -> str:
+    return (
+        f"No CIFAR-10 copy at data.root={root} ({reason}). Provide one of: torchvision's folder "
+        "(data.root=DIR holding cifar-10-batches-py, or any DIR with network access: it is "
+        "downloaded there); a folder or .tar.gz in the train/<class>/*.jpg, test/<class>/*.jpg "
+        "layout (data.root=/path/to/cifar10-jpeg.tar.gz); or use data=synthetic for a smoke run."
+    )
+
+
+def _torchvision_cifar10(root: Path, download: bool) -> Dataset:
+    from torchvision.datasets import CIFAR10
+
+    try:
+        train = CIFAR10(str(root), train=True, download=download)
+        test = CIFAR10(str(root), train=False, download=download)
+    except (OSError, RuntimeError) as error:  # URLError is an OSError
+        raise DataError(_missing_message(root, f"download failed: {error}")) from error
+
+    def tensors(split):
+        images = torch.from_numpy(split.data).permute(0, 3, 1, 2).contiguous()
+        return images, torch.tensor(split.targets, dtype=torch.int64)
+
+    return Dataset(*tensors(train), *tensors(test), list(train.classes), f"torchvision:{root}")
+
+
+# ----------------------------------------------------------------------------- image folders
+
+
+def _cached(source: Path, cache_dir: Path | None, read) -> Dataset:
+    """Decode ``source`` once; later runs load the tensors from the cache (about 180 MB)."""
+    stat = source.stat()
+    fingerprint = f"{CACHE_VERSION}:{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    if source.is_dir():
+        for split in ("train", "test"):
+            split_stat = (source / split).stat()
+            fingerprint += f":{split_stat.st_mtime_ns}"
+            for class_dir in sorted((source / split).iterdir()):
+                fingerprint += f":{class_dir.name}:{class_dir.stat().st_mtime_ns}"
+    key = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache_file = cache_dir / f"cifar10-{key}.pt"
+    if cache_file.exists():
+        try:
+            payload = torch.load(cache_file, weights_only=True)
+            log.info("data: loaded decoded images from cache %s", cache_file)
+            return Dataset(**payload, source=str(source))
+        except Exception as error:  # a damaged cache is rebuilt, never trusted
+            log.warning("data: cache %s unreadable (%s); decoding again", cache_file, error)
+    log.info("data: decoding %s (once; cached afterwards in %s)", source, cache_dir)
+    dataset = read()
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        payload = {
+            "train_images": dataset.train_images, "train_labels": dataset.train_labels,
+            "test_images": dataset.test_images, "test_labels": dataset.test_labels,
+            "classes": dataset.classes,
+        }  # fmt: skip
+        torch.save(payload, buffer)
+        atomic_write_bytes(cache_file, buffer.getvalue())
+    except OSError as error:
+        log.warning("data: could not write the cache in %s (%s); next run decodes again",
+                    cache_dir, error)  # fmt: skip
+    return dataset
+
+
+def _read_archive(path: Path) -> Dataset:
+    files: dict[str, list[tuple[str, str, bytes]]] = {"train": [], "test": []}
+    try:
+        with tarfile.open(path, "r:*") as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                parts = Path(member.name).parts
+                # accept an optional top-level folder: [top/]split/class/file
+                for offset in (0, 1):
+                    if len(parts) == offset + 3 and parts[offset] in files:
+                        split, class_name, file_name = parts[offset:]
+                        break
+                else:
+                    continue
+                if not file_name.lower().endswith(IMAGE_SUFFIXES) or file_name.startswith("."):
+                    continue
+                data = archive.extractfile(member).read()
+                files[split].append((class_name, member.name, data))
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise DataError(f"data.root={path} could not be read as a tar archive: {error}") from error
+    return _decode_splits(files, path)
+
+
+def _read_folder(root: Path) -> Dataset:
+    files: dict[str, list[tuple[str, str, bytes]]] = {"train": [], "test": []}
+    for split in files:
+        for class_dir in sorted((root / split).iterdir()):
+            if not class_dir.is_dir() or class_dir.name.startswith("."):
+                continue
+            found = False
+            for file in sorted(class_dir.iterdir()):
+                if file.suffix.lower() in IMAGE_SUFFIXES:
+                    files[split].append((class_dir.name, str(file), file.read_bytes()))
+                    found = True
+            if not found:
+                raise DataError(
+                    f"data.root={root}: the class folder {class_dir} holds no images "
+                    f"({', '.join(IMAGE_SUFFIXES)}); every class needs at least one."
+                )
+    return _decode_splits(files, root)
+
+
+def _decode_splits(files: dict[str, list[tuple[str, str, bytes]]], source: Path) -> Dataset:
+    classes = sorted({class_name for class_name, _, _ in files["train"]})
+    test_classes = sorted({class_name for class_name, _, _ in files["test"]})
+    if not classes or not files["test"]:
+        raise DataError(
+            f"data.root={source} has no images in the train/<class>/*, test/<class>/* layout "
+            "(found train: {0}, test: {1} images). Expected e.g. train/airplane/0001.jpg.".format(
+                len(files["train"]), len(files["test"])
+            )
+        )
+    if classes != test_classes:
+        raise DataError(
+            f"data.root={source}: train and test hold different classes "
+            f"(train: {', '.join(classes)}; test: {', '.join(test_classes)})."
+        )
+    index = {name: i for i, name in enumerate(classes)}
+    splits = []
+    for split in ("train", "test"):
+        entries = sorted(files[split], key=lambda entry: (index[entry[0]], entry[1]))
+        images = torch.empty(len(entries), *IMAGE_SHAPE, dtype=torch.uint8)
+        for i, (_, name, data) in enumerate(entries):
+            images[i] = _decode(data, name)
+        labels = torch.tensor([index[class_name] for class_name, _, _ in entries])
+        splits += [images, labels]
+    log.info("data: %d train and %d test images, %d classes", len(splits[1]), len(splits[3]),
+             len(classes))  # fmt: skip
+    return Dataset(*splits, classes=classes, source=str(source))
+
+
+def _decode(data: bytes, name: str) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            pixels = numpy.array(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise DataError(f"cannot decode image {name}: {error}. Replace or remove it.") from error
+    if pixels.shape != (32, 32, 3):
+        raise DataError(
+            f"image {name} is {pixels.shape[1]}x{pixels.shape[0]} pixels; CIFAR-10 images are "
+            "32x32. Resize the copy or point data.root at a CIFAR-10 copy."
+        )
+    return torch.from_numpy(pixels).permute(2, 0, 1)

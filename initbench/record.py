@@ -1,0 +1,175 @@
+"""The run directory: what a run writes, how, and how it is read back.
+
+This module is the contract between the runner and the reporter. Both sides use the column
+lists below; the README's "Files a run writes" section mirrors them.
+
+    <run dir>/
+      config.yaml        the resolved configuration
+      run.log            the log, as printed
+      metrics.csv        one row per epoch                          METRICS_COLUMNS
+      steps.csv          one row every train.log_every steps        STEPS_COLUMNS
+      grad_norms.csv     per parameter tensor, every N steps        GRAD_NORM_COLUMNS
+      distributions.csv  moments per layer at chosen epochs         DISTRIBUTION_COLUMNS
+      histograms.csv     histogram counts per layer at those epochs HISTOGRAM_COLUMNS
+      init.csv           what the initializer did, per layer
+      probe.csv          (probe runs) signal propagation per layer  PROBE_COLUMNS
+      checkpoint.pt      state at the last epoch end, for resume
+      summary.json       status and headline figures; written first as "running", rewritten
+                         atomically at the end
+
+Tables are appended row by row (and flushed), so a crash leaves every finished row on disk.
+``summary.json`` and ``checkpoint.pt`` are replaced atomically (temporary file, then rename), so
+a reader never sees half of one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+METRICS_COLUMNS = [
+    "epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
+    "epoch_seconds", "images_per_second",
+]  # fmt: skip
+STEPS_COLUMNS = ["step", "epoch", "train_loss", "lr", "seconds"]
+GRAD_NORM_COLUMNS = ["step", "epoch", "layer", "grad_norm", "weight_norm", "update_ratio"]
+DISTRIBUTION_COLUMNS = [
+    "epoch", "step", "layer", "tensor", "mean", "std", "min", "max",
+    "zero_fraction", "saturated_fraction",
+]  # fmt: skip
+HISTOGRAM_COLUMNS = ["epoch", "step", "layer", "tensor", "bin_low", "bin_high", "count"]
+PROBE_COLUMNS = [
+    "layer", "kind", "depth", "fan_in", "fan_out", "weight_mean", "weight_std",
+    "activation_mean", "activation_std", "grad_std",
+]  # fmt: skip
+
+TABLES = {
+    "metrics": METRICS_COLUMNS,
+    "steps": STEPS_COLUMNS,
+    "grad_norms": GRAD_NORM_COLUMNS,
+    "distributions": DISTRIBUTION_COLUMNS,
+    "histograms": HISTOGRAM_COLUMNS,
+    "probe": PROBE_COLUMNS,
+}
+
+SUMMARY = "summary.json"
+CONFIG = "config.yaml"
+CHECKPOINT = "checkpoint.pt"
+
+# A run's life: running -> completed | diverged | failed | interrupted.
+STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
+FINISHED = ("completed", "diverged")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    text = json.dumps(payload, indent=2, sort_keys=False, default=_json_default) + "\n"
+    atomic_write_bytes(path, text.encode())
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The run's summary, or None when there is none (yet) or it cannot be parsed."""
+    path = Path(run_dir) / SUMMARY
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+class TableWriter:
+    """Appends rows to one CSV table of a run directory, header first, flushed per call."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        self.path = Path(path)
+        self.columns = columns
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        self._handle = open(self.path, "a", newline="")  # noqa: SIM115 - closed in close()
+        self._writer = csv.DictWriter(self._handle, fieldnames=columns, extrasaction="raise")
+        if new:
+            self._writer.writeheader()
+            self._handle.flush()
+
+    def write(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        for row in rows:
+            self._writer.writerow({key: _format(row.get(key)) for key in self.columns})
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def _format(value: Any) -> Any:
+    if value is None:
+        return ""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+def truncate_table(path: Path, keep: int, key: str, columns: list[str]) -> None:
+    """Keep only the rows whose ``key`` column is <= ``keep`` (used when a run resumes from a
+    checkpoint: rows written after the checkpoint are dropped and recomputed)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get(key) and int(row[key]) <= keep]
+    buffer = [",".join(columns)]
+    for row in rows:
+        buffer.append(",".join(_csv_escape(row.get(column, "")) for column in columns))
+    atomic_write_bytes(path, ("\n".join(buffer) + "\n").encode())
+
+
+def _csv_escape(value: str) -> str:
+    if any(char in value for char in ',"\n'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def is_run_dir(path: Path) -> bool:
+    path = Path(path)
+    return (path / SUMMARY).exists() or (path / CONFIG).exists()
+
+
+def find_runs(roots: Iterable[Path]) -> list[Path]:
+    """Every run directory at or below the given paths, sorted, each once."""
+    found: set[Path] = set()
+    for root in roots:
+        root = Path(root)
+        if is_run_dir(root):
+            found.add(root.resolve())
+        for marker in (SUMMARY, CONFIG):
+            for path in root.rglob(marker):
+                if ".hydra" in path.parts or "_previous" in path.parent.name:
+                    continue
+                found.add(path.parent.resolve())
+    return sorted(found)
