@@ -271,10 +271,14 @@ class Trainer:
         self.resume = resume
         self.started = time.time()
         self.summary: dict[str, Any] = {}
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimizer steps taken
+        self.best_acc, self.best_epoch = math.nan, None
+        self.elapsed_before = 0.0  # seconds spent before a resume
+        self.divergence: dict[str, Any] | None = None
 
     # The stages of a run, in order. Each failure is written down before it propagates.
     def run(self) -> dict[str, Any]:
-        cfg = self.cfg
         with stop_on_signals() as self.stop:
             try:
                 self.setup()
@@ -294,7 +298,6 @@ class Trainer:
             if self.stop.is_set():
                 self.finish("interrupted", error="stopped by a signal")
                 raise Interrupted(f"run in {self.run_dir} interrupted; resume with resume=auto")
-        del cfg
         return self.summary
 
     # --- setup --------------------------------------------------------------------------
@@ -404,10 +407,6 @@ class Trainer:
                                        epochs=cfg.train.epochs,
                                        probe_batch=lambda: self.probe_batch(
                                            cfg.diagnostics.activation_batch)[0])  # fmt: skip
-        self.epoch = 0  # epochs completed
-        self.step = 0  # optimizer steps taken
-        self.best_acc, self.best_epoch = float("nan"), None
-        self.elapsed_before = 0.0  # seconds spent before a resume
 
     def restore(self) -> None:
         path = self.run_dir / record.CHECKPOINT
@@ -482,7 +481,6 @@ class Trainer:
 
     def train_epoch(self, progress) -> dict[str, Any] | None:
         cfg, data, device = self.cfg, self.data, self.device
-        self.divergence = None
         self.model.train()
         generator = data_generator(cfg.seed, self.epoch, device)
         count = len(data.train_labels)
@@ -604,13 +602,12 @@ class Trainer:
         self.summary.update(
             status=status, error=error, finished_at=_now(),
             total_seconds=round(self.elapsed(), 3),
-            epochs_completed=getattr(self, "epoch", 0), steps=getattr(self, "step", 0),
+            epochs_completed=self.epoch, steps=self.step,
             final_test_acc=final.get("test_acc"), final_train_loss=final.get("train_loss"),
-            best_test_acc=None if math.isnan(getattr(self, "best_acc", math.nan))
-            else self.best_acc,
-            best_epoch=getattr(self, "best_epoch", None),
+            best_test_acc=None if math.isnan(self.best_acc) else self.best_acc,
+            best_epoch=self.best_epoch,
             images_per_second=_mean([row.get("images_per_second") for row in metrics]),
-            divergence=getattr(self, "divergence", None),
+            divergence=self.divergence,
         )  # fmt: skip
         record.atomic_write_json(self.run_dir / record.SUMMARY, self.summary)
         if status in ("completed", "diverged"):

@@ -36,16 +36,16 @@ from initbench import record
 #        activation gain per layer)
 INITIALIZERS = {
     "kaiming_normal": (0.93, 3.0, 1.00, 1.00),
-    "kaiming_uniform": (0.928, 3.2, 1.00, 0.995),
     "xavier_normal": (0.915, 4.0, 0.985, 0.97),
-    "xavier_uniform": (0.912, 4.2, 0.985, 0.97),
     "orthogonal": (0.932, 2.8, 1.00, 1.00),
-    "lsuv": (0.935, 2.5, 1.00, 1.00),
-    "fixup": (0.925, 3.5, 1.01, 1.005),
-    "default": (0.92, 3.4, 0.99, 0.985),
     "normal_0.01": (0.62, 9.0, 0.93, 0.90),
     "normal_0.1": (0.45, 6.0, 1.06, 1.08),
-    "zeros_bias_orthogonal": (0.929, 2.9, 1.00, 1.00),
+    "lsuv": (0.935, 2.5, 1.00, 1.00),
+    "default": (0.92, 3.4, 0.99, 0.985),
+    "kaiming_uniform": (0.928, 3.2, 1.00, 0.995),
+    "xavier_uniform": (0.912, 4.2, 0.985, 0.97),
+    "fixup": (0.925, 3.5, 1.01, 1.005),
+    "delta_orthogonal": (0.929, 2.9, 1.00, 1.00),
     "spectral": (0.921, 3.3, 0.995, 0.99),
 }
 STEPS_PER_EPOCH = 391
@@ -61,8 +61,11 @@ def layer_names(blocks: int) -> tuple[list[str], list[str]]:
             for conv in (1, 2):
                 name = f"layer{stage}.{block}.conv{conv}"
                 modules.append(name)
-                params += [f"{name}.weight", f"layer{stage}.{block}.bn{conv}.weight",
-                           f"layer{stage}.{block}.bn{conv}.bias"]  # fmt: skip
+                params += [
+                    f"{name}.weight",
+                    f"layer{stage}.{block}.bn{conv}.weight",
+                    f"layer{stage}.{block}.bn{conv}.bias",
+                ]
     modules.append("fc")
     params += ["fc.weight", "fc.bias"]
     return modules, params
@@ -70,22 +73,49 @@ def layer_names(blocks: int) -> tuple[list[str], list[str]]:
 
 def config(init: str, seed: int, epochs: int, blocks: int, lr: float) -> dict:
     return {
-        "model": {"name": "resnet", "activation": "relu", "blocks": [blocks] * 3, "width": 16,
-                  "norm": "batch"},
+        "model": {
+            "name": "resnet",
+            "activation": "relu",
+            "blocks": [blocks] * 3,
+            "width": 16,
+            "norm": "batch",
+        },
         "init": {"name": init, "gain": 1.0},
-        "optimizer": {"name": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 5e-4,
-                      "schedule": "cosine", "warmup_epochs": 0.0},
+        "optimizer": {
+            "name": "sgd",
+            "lr": lr,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "schedule": "cosine",
+            "warmup_epochs": 0.0,
+        },
         "data": {"name": "cifar10", "root": "data", "augment": True, "normalize": True},
-        "train": {"epochs": epochs, "batch_size": 128, "device": "cuda", "precision": "auto",
-                  "log_every": 20, "threads": None, "progress": False},
+        "train": {
+            "epochs": epochs,
+            "batch_size": 128,
+            "device": "cuda",
+            "precision": "auto",
+            "log_every": 20,
+            "threads": None,
+            "progress": False,
+        },
         "diagnostics": {"enabled": True, "grad_every": GRAD_EVERY, "bins": BINS},
         "seed": seed,
         "resume": "auto",
-    }  # fmt: skip
+    }
 
 
-def write_run(run_dir: Path, init: str, seed: int, *, epochs: int, blocks: int, lr: float = 0.1,
-              diverge_at: int | None = None, stop_at: int | None = None) -> None:  # fmt: skip
+def write_run(
+    run_dir: Path,
+    init: str,
+    seed: int,
+    *,
+    epochs: int,
+    blocks: int,
+    lr: float = 0.1,
+    diverge_at: int | None = None,
+    stop_at: int | None = None,
+) -> None:
     """One training run. ``diverge_at``: the loss becomes NaN in that epoch; ``stop_at``: the
     run is still going after that many epochs."""
     run_dir.mkdir(parents=True)
@@ -94,13 +124,26 @@ def write_run(run_dir: Path, init: str, seed: int, *, epochs: int, blocks: int, 
     modules, params = layer_names(blocks)
     cfg = config(init, seed, epochs, blocks, lr)
     (run_dir / record.CONFIG).write_text(yaml.safe_dump(cfg, sort_keys=False))
-    summary = {"kind": "train", "status": "running", "started_at": "2025-01-02T10:00:00+00:00",
-               "device": "cuda:0 (NVIDIA H100 80GB HBM3)", "torch_version": "2.5.1",
-               "cuda_version": "12.4", "git_revision": "3f2c1ab", "seed": seed,
-               "model": "resnet", "init": init, "optimizer": "sgd", "lr": lr}  # fmt: skip
+    summary = {
+        "kind": "train",
+        "status": "running",
+        "started_at": "2025-01-02T10:00:00+00:00",
+        "device": "cuda:0 (NVIDIA H100 80GB HBM3)",
+        "torch_version": "2.5.1",
+        "cuda_version": "12.4",
+        "git_revision": "3f2c1ab",
+        "seed": seed,
+        "model": "resnet",
+        "init": init,
+        "optimizer": "sgd",
+        "lr": lr,
+    }
     record.atomic_write_json(run_dir / record.SUMMARY, summary)
-    tables = {name: record.TableWriter(run_dir / f"{name}.csv", columns)
-              for name, columns in record.TABLES.items() if name != "probe"}  # fmt: skip
+    tables = {
+        name: record.TableWriter(run_dir / f"{name}.csv", columns)
+        for name, columns in record.TABLES.items()
+        if name != "probe"
+    }
 
     last = min(epochs, stop_at or epochs, diverge_at or epochs)
     write_distributions(tables, modules, 0, 0, act_gain, rng, trained=0.0)
@@ -115,25 +158,47 @@ def write_run(run_dir: Path, init: str, seed: int, *, epochs: int, blocks: int, 
         if diverged:
             loss, acc = math.nan, 0.1
         step = epoch * STEPS_PER_EPOCH
-        tables["metrics"].write([{
-            "epoch": epoch, "step": step, "train_loss": loss, "train_acc": acc + 0.02,
-            "test_loss": loss * 1.1, "test_acc": acc, "lr": lr * 0.5 * (1 + math.cos(
-                math.pi * epoch / epochs)), "epoch_seconds": epoch_seconds,
-            "images_per_second": 50000 / epoch_seconds,
-        }])  # fmt: skip
+        tables["metrics"].write(
+            [
+                {
+                    "epoch": epoch,
+                    "step": step,
+                    "train_loss": loss,
+                    "train_acc": acc + 0.02,
+                    "test_loss": loss * 1.1,
+                    "test_acc": acc,
+                    "lr": lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs)),
+                    "epoch_seconds": epoch_seconds,
+                    "images_per_second": 50000 / epoch_seconds,
+                }
+            ]
+        )
         if acc > best:
             best, best_epoch = acc, epoch
         tables["steps"].write(
-            {"step": s, "epoch": epoch, "train_loss": loss + rng.normal(0, 0.05), "lr": lr,
-             "seconds": seconds - epoch_seconds * (1 - (s % STEPS_PER_EPOCH) / STEPS_PER_EPOCH)}
+            {
+                "step": s,
+                "epoch": epoch,
+                "train_loss": loss + rng.normal(0, 0.05),
+                "lr": lr,
+                "seconds": seconds - epoch_seconds * (1 - (s % STEPS_PER_EPOCH) / STEPS_PER_EPOCH),
+            }
             for s in range(step - STEPS_PER_EPOCH + 20, step + 1, 20)
-        )  # fmt: skip
+        )
         first = (epoch - 1) * STEPS_PER_EPOCH
         for record_step in range(first + (-first % GRAD_EVERY), step, GRAD_EVERY):
             blowup = math.inf if diverged and record_step > step - 2 * GRAD_EVERY else 1.0
             # grad_norms' epoch counts the epochs completed, as the runner writes it
-            write_grad_norms(tables, params, record_step, epoch - 1, grad_gain,
-                             record_step / (epochs * STEPS_PER_EPOCH), rng, blowup)  # fmt: skip
+            write_grad_norms(
+                tables,
+                params,
+                record_step,
+                epoch - 1,
+                grad_gain,
+                record_step / (epochs * STEPS_PER_EPOCH),
+                rng,
+                blowup,
+            )
         if epoch in (1, max(1, (epochs + 1) // 2), epochs) and not diverged:
             write_distributions(tables, modules, epoch, step, act_gain, rng, epoch / epochs)
     for table in tables.values():
@@ -143,13 +208,26 @@ def write_run(run_dir: Path, init: str, seed: int, *, epochs: int, blocks: int, 
         return  # still running: summary.json stays "running"
     status = "diverged" if diverge_at else "completed"
     summary.update(
-        status=status, error=None, finished_at="2025-01-02T11:00:00+00:00",
-        total_seconds=round(seconds + 4.0, 3), epochs_completed=last,
-        steps=last * STEPS_PER_EPOCH, final_test_acc=acc, best_test_acc=best,
-        best_epoch=best_epoch, final_train_loss=loss, images_per_second=50000 / 11.0,
-        divergence={"step": last * STEPS_PER_EPOCH - 37, "epoch": last - 1, "where": "gradient",
-                    "layer": params[1]} if diverge_at else None,
-    )  # fmt: skip
+        status=status,
+        error=None,
+        finished_at="2025-01-02T11:00:00+00:00",
+        total_seconds=round(seconds + 4.0, 3),
+        epochs_completed=last,
+        steps=last * STEPS_PER_EPOCH,
+        final_test_acc=acc,
+        best_test_acc=best,
+        best_epoch=best_epoch,
+        final_train_loss=loss,
+        images_per_second=50000 / 11.0,
+        divergence={
+            "step": last * STEPS_PER_EPOCH - 37,
+            "epoch": last - 1,
+            "where": "gradient",
+            "layer": params[1],
+        }
+        if diverge_at
+        else None,
+    )
     record.atomic_write_json(run_dir / record.SUMMARY, summary)
 
 
@@ -166,15 +244,24 @@ def write_grad_norms(tables, params, step, epoch, gain, fraction, rng, blowup) -
         if name.endswith("bias"):
             grad *= 0.3
         weight = 3.0 + rng.normal(0, 0.1)
-        rows.append({"step": step, "epoch": epoch, "layer": name, "grad_norm": grad,
-                     "weight_norm": weight, "update_ratio": 0.1 * grad / weight})  # fmt: skip
+        rows.append(
+            {
+                "step": step,
+                "epoch": epoch,
+                "layer": name,
+                "grad_norm": grad,
+                "weight_norm": weight,
+                "update_ratio": 0.1 * grad / weight,
+            }
+        )
     tables["grad_norms"].write(rows)
 
 
 def write_distributions(tables, modules, epoch, step, act_gain, rng, trained) -> None:
     moments, histograms = [], []
+    scale = 0.12 * act_gain**8  # weights that shrink activations are small ones
     for depth, layer in enumerate(modules):
-        weight_std = 0.12 * (1 + 0.4 * trained) * (1.3 if depth == 0 else 1.0)
+        weight_std = scale * (1 + 0.4 * trained) * (1.3 if depth == 0 else 1.0)
         act_std = act_gain ** (depth * (1 - 0.7 * trained)) * (1 + 0.2 * trained)
         for tensor, std in (("weight", weight_std), ("activation", act_std)):
             if tensor == "weight":
@@ -184,16 +271,32 @@ def write_distributions(tables, modules, epoch, step, act_gain, rng, trained) ->
                 values = rng.normal(0.3 * std, std, 2000)
             low, high = values.min(), values.max()
             counts, edges = np.histogram(values, bins=BINS, range=(low, high))
-            moments.append({
-                "epoch": epoch, "step": step, "layer": layer, "tensor": tensor,
-                "mean": values.mean(), "std": values.std(), "min": low, "max": high,
-                "zero_fraction": 0.0, "saturated_fraction": math.nan,
-            })  # fmt: skip
+            moments.append(
+                {
+                    "epoch": epoch,
+                    "step": step,
+                    "layer": layer,
+                    "tensor": tensor,
+                    "mean": values.mean(),
+                    "std": values.std(),
+                    "min": low,
+                    "max": high,
+                    "zero_fraction": 0.0,
+                    "saturated_fraction": math.nan,
+                }
+            )
             histograms.extend(
-                {"epoch": epoch, "step": step, "layer": layer, "tensor": tensor,
-                 "bin_low": edges[i], "bin_high": edges[i + 1], "count": int(c)}
+                {
+                    "epoch": epoch,
+                    "step": step,
+                    "layer": layer,
+                    "tensor": tensor,
+                    "bin_low": edges[i],
+                    "bin_high": edges[i + 1],
+                    "count": int(c),
+                }
                 for i, c in enumerate(counts)
-            )  # fmt: skip
+            )
     tables["distributions"].write(moments)
     tables["histograms"].write(histograms)
 
@@ -208,16 +311,33 @@ def write_probe(run_dir: Path, init: str, seed: int, blocks: int) -> None:
     writer = record.TableWriter(run_dir / "probe.csv", record.PROBE_COLUMNS)
     depth = len(modules)
     writer.write(
-        {"layer": name, "kind": "linear" if name == "fc" else "conv2d", "depth": index,
-         "fan_in": 144, "fan_out": 16, "weight_mean": 0.0, "weight_std": 0.1,
-         "activation_mean": 0.0, "activation_std": act_gain**index * rng.lognormal(0, 0.05),
-         "grad_std": 1e-3 * grad_gain ** (depth - 1 - index) * rng.lognormal(0, 0.05)}
+        {
+            "layer": name,
+            "kind": "linear" if name == "fc" else "conv2d",
+            "depth": index,
+            "fan_in": 144,
+            "fan_out": 16,
+            "weight_mean": 0.0,
+            "weight_std": 0.1,
+            "activation_mean": 0.0,
+            "activation_std": act_gain**index * rng.lognormal(0, 0.05),
+            "grad_std": 1e-3 * grad_gain ** (depth - 1 - index) * rng.lognormal(0, 0.05),
+        }
         for index, name in enumerate(modules)
-    )  # fmt: skip
+    )
     writer.close()
-    record.atomic_write_json(run_dir / record.SUMMARY, {
-        "kind": "probe", "status": "completed", "seed": seed, "init": init, "model": "resnet",
-        "device": "cpu", "torch_version": "2.5.1"})  # fmt: skip
+    record.atomic_write_json(
+        run_dir / record.SUMMARY,
+        {
+            "kind": "probe",
+            "status": "completed",
+            "seed": seed,
+            "init": init,
+            "model": "resnet",
+            "device": "cpu",
+            "torch_version": "2.5.1",
+        },
+    )
 
 
 def generate(root: Path, *, inits: int, seeds: int, epochs: int, blocks: int, mixed: bool):
@@ -227,8 +347,15 @@ def generate(root: Path, *, inits: int, seeds: int, epochs: int, blocks: int, mi
         for seed in range(seeds):
             diverge = 3 if mixed and name == "normal_0.1" and seed == 1 else None
             stop = epochs // 2 if mixed and name == names[0] and seed == seeds - 1 else None
-            write_run(sweep / f"init={name},seed={seed}", name, seed, epochs=epochs,
-                      blocks=blocks, diverge_at=diverge, stop_at=stop)  # fmt: skip
+            write_run(
+                sweep / f"init={name},seed={seed}",
+                name,
+                seed,
+                epochs=epochs,
+                blocks=blocks,
+                diverge_at=diverge,
+                stop_at=stop,
+            )
     if mixed:
         corrupt = sweep / f"init={names[1]},seed={seeds}"
         write_run(corrupt, names[1], seeds, epochs=epochs, blocks=blocks)
@@ -260,8 +387,14 @@ def main() -> int:
             if root.exists() and any(root.iterdir()):
                 parser.error(f"--keep {root} is not empty; give a new folder or add --reuse")
             started = time.perf_counter()
-            generate(root, inits=args.inits, seeds=args.seeds, epochs=args.epochs,
-                     blocks=args.blocks, mixed=args.mixed)  # fmt: skip
+            generate(
+                root,
+                inits=args.inits,
+                seeds=args.seeds,
+                epochs=args.epochs,
+                blocks=args.blocks,
+                mixed=args.mixed,
+            )
             logging.info("wrote runs in %.1f s under %s", time.perf_counter() - started, root)
         started = time.perf_counter()
         result = make_report([root], root / "report")
@@ -270,8 +403,10 @@ def main() -> int:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
     goal = 30.0
-    print(f"report of {result['runs']} runs: {seconds:.2f} s "
-          f"({seconds / goal:.2f} of the {goal:.0f} s goal)")  # fmt: skip
+    print(
+        f"report of {result['runs']} runs: {seconds:.2f} s "
+        f"({seconds / goal:.2f} of the {goal:.0f} s goal)"
+    )
     return 0
 
 

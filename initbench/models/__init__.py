@@ -33,6 +33,7 @@ __all__ = [
     "build_model",
     "check_model_config",
     "make_activation",
+    "model_options",
 ]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -89,7 +90,8 @@ def _int_list(cfg: dict[str, Any], key: str, max_length: int) -> None:
     )
 
 
-def _with_defaults(model_cfg: Any) -> dict[str, Any]:
+def model_options(model_cfg: Any) -> dict[str, Any]:
+    """The model config as a plain dict, schema defaults filled in; unknown names or keys raise."""
     cfg = _as_dict(model_cfg)
     name = cfg.get("name")
     if name not in MODELS:
@@ -110,7 +112,7 @@ def _with_defaults(model_cfg: Any) -> dict[str, Any]:
 
 def check_model_config(model_cfg: Any) -> None:
     """Check a model config's name, activation and sizes; raise :class:`ConfigError` if wrong."""
-    cfg = _with_defaults(model_cfg)
+    cfg = model_options(model_cfg)
     name = cfg["name"]
     _require(
         cfg["activation"] in ACTIVATIONS,
@@ -150,6 +152,6 @@ def build_model(model_cfg: Any, num_classes: int = 10) -> nn.Module:
     :func:`initbench.inits.initialize` then overwrites the weights from its own generators.
     """
     check_model_config(model_cfg)
-    options = _with_defaults(model_cfg)
+    options = model_options(model_cfg)
     name = options.pop("name")
     return MODELS[name](num_classes=num_classes, **options)

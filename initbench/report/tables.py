@@ -50,9 +50,16 @@ IDENTITY = (
 )
 # Keys that change how a run is executed, not what it computes; they never split a group.
 EXECUTION_KEYS = frozenset(
-    {"resume", "train.progress", "train.threads", "train.checkpoint", "data.root",
-     "data.cache_dir", "data.download"}
-)  # fmt: skip
+    {
+        "resume",
+        "train.progress",
+        "train.threads",
+        "train.checkpoint",
+        "data.root",
+        "data.cache_dir",
+        "data.download",
+    }
+)
 # The figures aggregate.csv summarizes, in this order.
 FIGURES = (
     "final_test_acc",
@@ -274,7 +281,7 @@ def summary_table(runs: Runs, threshold: float) -> pd.DataFrame:
     _mark_duplicates(frame, varying)
     frame["note"] = [
         "; ".join(note for note in dict.fromkeys([*runs.by_path[path].notes, extra]) if note)
-        for path, extra in zip(frame["path"], frame["note"])
+        for path, extra in zip(frame["path"], frame["note"], strict=True)
     ]
     frame.attrs["varying"] = varying
     frame.attrs["threshold"] = threshold
@@ -340,6 +347,9 @@ def _figures(runs: Runs, run: Run, threshold: float) -> dict[str, Any]:
         "divergence_epoch": divergence.get("epoch"),
         "divergence_layer": divergence.get("layer"),
         "device": summary.get("device"),
+        "torch_version": summary.get("torch_version"),
+        "cuda_version": summary.get("cuda_version"),
+        "git_revision": summary.get("git_revision"),
         "started_at": summary.get("started_at"),
         "finished_at": summary.get("finished_at"),
     }
@@ -373,7 +383,10 @@ def _mark_duplicates(frame: pd.DataFrame, varying: list[str]) -> None:
     order = pd.DataFrame(
         {
             "finished": finished,
-            "time": [_timestamp(a, b) for a, b in zip(frame["finished_at"], frame["started_at"])],
+            "time": [
+                _timestamp(a, b)
+                for a, b in zip(frame["finished_at"], frame["started_at"], strict=True)
+            ],
         }
     )
     ranked = frame.assign(_finished=order["finished"], _time=order["time"]).sort_values(
@@ -432,8 +445,12 @@ def t_quantile(probability: float, df: int) -> float:
         grid = np.linspace(0.0, theta, 2049)
         values = np.cos(grid) ** (df - 1)
         step = theta / 2048
-        return scale * step / 3 * (values[0] + values[-1] + 4 * values[1:-1:2].sum()
-                                   + 2 * values[2:-1:2].sum())  # fmt: skip
+        return (
+            scale
+            * step
+            / 3
+            * (values[0] + values[-1] + 4 * values[1:-1:2].sum() + 2 * values[2:-1:2].sum())
+        )
 
     low, high = 0.0, math.pi / 2
     for _ in range(60):
@@ -471,6 +488,9 @@ def aggregate_table(summary: pd.DataFrame) -> pd.DataFrame:
     groups = train.groupby([_key(train[key]) for key in keys], dropna=False, sort=False)
     for _, group in groups:
         row = {key: group[key].iloc[0] for key in keys}
+        for label in ("init_label", "setting"):  # for the figures; not written to the CSV
+            if label in group:
+                row[label] = group[label].iloc[0]
         row["runs"] = len(group)
         for status in ALL_STATUSES:
             row[f"n_{status}"] = int((group["status"] == status).sum())
@@ -513,8 +533,10 @@ def add_labels(frame: pd.DataFrame) -> pd.DataFrame:
     candidates = [c for c in frame.columns if "." in c]
     init_keys = [c for c in candidates if c.startswith("init.")]
     other_keys = [c for c in candidates if not c.startswith("init.")]
-    frame["init_label"] = _compose(frame, "init", init_keys, named=False)
-    shown = [column for column in ("model", "optimizer", "lr") if _key(frame[column]).nunique() > 1]
+    frame["init_label"] = _compose(frame, "init", init_keys)
+    shown = [
+        column for column in ("model", "optimizer", "lr") if _key(frame[column]).nunique() > 1
+    ]
     parts = [frame[column].map(lambda v, c=column: f"{c}={_text(v)}") for column in shown]
     for key in other_keys:
         group = key.split(".")[0]
@@ -523,13 +545,15 @@ def add_labels(frame: pd.DataFrame) -> pd.DataFrame:
             short = key.split(".", 1)[1] if group in ("model", "optimizer") else key
             parts.append(frame[key].map(lambda v, s=short: f"{s}={_text(v)}"))
     if parts:
-        frame["setting"] = [", ".join(p for p in row if not p.endswith("=")) for row in zip(*parts)]
+        frame["setting"] = [
+            ", ".join(p for p in row if not p.endswith("=")) for row in zip(*parts, strict=True)
+        ]
     else:
         frame["setting"] = ""
     return frame
 
 
-def _compose(frame: pd.DataFrame, name_column: str, keys: list[str], named: bool) -> pd.Series:
+def _compose(frame: pd.DataFrame, name_column: str, keys: list[str]) -> pd.Series:
     shown = [key for key in keys if _varies_within(frame, key, name_column)]
     labels = frame[name_column].map(_text)
     for key in shown:
@@ -653,7 +677,30 @@ def gradient_flow(runs: Runs, summary: pd.DataFrame) -> pd.DataFrame:
                     point=point, depth=at["layer"].map(depth)
                 )
             )
-    return _concat(frames)
+    return _common_steps(_concat(frames))
+
+
+def _common_steps(flow: pd.DataFrame) -> pd.DataFrame:
+    """Within a setting, a later point compares runs at the same step: the step most runs
+    share. A run that stopped elsewhere (diverged, still going) is left out of that point."""
+    if flow.empty:
+        return flow
+    keep = pd.Series(True, index=flow.index)
+    for (_, point), part in flow.groupby(["setting", "point"], sort=False):
+        if point == "initialization":
+            continue
+        steps = part.drop_duplicates("path")["step"]
+        common = steps.mode().max()
+        left_out = part.loc[part["step"] != common, "path"].unique()
+        if len(left_out):
+            log.info(
+                "gradient flow: point=%r step=%d leaves out %d run(s) that stopped elsewhere",
+                point,
+                common,
+                len(left_out),
+            )
+        keep[part.index[part["step"] != common]] = False
+    return flow[keep]
 
 
 def layer_moments(runs: Runs, summary: pd.DataFrame) -> pd.DataFrame:
@@ -699,8 +746,11 @@ def representative_histograms(runs: Runs, summary: pd.DataFrame) -> pd.DataFrame
             layers = list(dict.fromkeys(of_tensor.loc[of_tensor["epoch"] == first, "layer"]))
             if not layers:
                 continue
-            positions = {"first": layers[0], "middle": layers[len(layers) // 2],
-                         "last": layers[-1]}  # fmt: skip
+            positions = {
+                "first": layers[0],
+                "middle": layers[len(layers) // 2],
+                "last": layers[-1],
+            }
             for position, layer in positions.items():
                 for point, epoch in points.items():
                     at = of_tensor[(of_tensor["layer"] == layer) & (of_tensor["epoch"] == epoch)]
