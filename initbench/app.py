@@ -7,6 +7,7 @@ runs, with its override grammar, launchers and sweepers intact.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
@@ -52,7 +53,8 @@ def explain(error: BaseException) -> str:
     cause = error.__cause__ or error.__context__
     while cause is not None:
         text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-        if text and text not in parts[-1]:
+        # "$VALUE": OmegaConf's unfilled message template, which says nothing new
+        if text and text not in parts[-1] and "$VALUE" not in text:
             parts.append(text)
         cause = cause.__cause__ or cause.__context__
     message = "\n".join(parts)
@@ -71,6 +73,24 @@ def sweep_combinations(overrides: list[str], base: DictConfig) -> list[list[str]
     return [combination for batch in batches for combination in batch]
 
 
+def search_corners(overrides: list[str], base: DictConfig) -> list[list[str]]:
+    """The corners of a search space (``hydra.sweeper.params`` and the command line): every
+    combination of its choices and of its intervals' ends, as override lists."""
+    params = OmegaConf.select(base, "hydra.sweeper.params") or {}
+    arguments = [f"{key}={value}" for key, value in params.items()] + overrides
+    values: dict[str, list[str]] = {}  # later arguments win, as in the sweepers
+    for override in OverridesParser.create().parse_overrides(arguments):
+        if override.is_interval_sweep():
+            interval = override.value()
+            values[override.get_key_element()] = [str(interval.start), str(interval.end)]
+        elif override.is_sweep_override():
+            values[override.get_key_element()] = list(override.sweep_string_iterator())
+        else:
+            values[override.get_key_element()] = [override.get_value_element_as_str()]
+    return [[f"{key}={value}" for key, value in zip(values, combination, strict=True)]
+            for combination in itertools.product(*values.values())]  # fmt: skip
+
+
 def check(overrides: list[str], multirun: bool) -> int:
     """Compose and validate every run the command would start; return how many."""
     parser = OverridesParser.create()
@@ -82,17 +102,25 @@ def check(overrides: list[str], multirun: bool) -> int:
         cfg = compose_config(overrides, hydra_node=True)
         _validate(cfg, overrides)
         _check_writable(OmegaConf.select(cfg, "hydra.run.dir"))
+        _check_not_taken(cfg, OmegaConf.select(cfg, "hydra.run.dir"))
+        _check_data(cfg)
         return 1
     plain = [o.input_line for o in parsed if not o.is_sweep_override()]
     base = compose_config(plain, hydra_node=True)
     _check_writable(OmegaConf.select(base, "hydra.sweep.dir"))
     sweeper = OmegaConf.select(base, "hydra.sweeper._target_") or ""
     if not sweeper.endswith("BasicSweeper"):
-        _validate(base, plain)  # other sweepers choose values as they go
-        return 1
+        # an Optuna-like sweeper picks values as it goes: check every choice and interval end
+        for combination in search_corners(overrides, base)[:MAX_CHECKED_COMBINATIONS]:
+            _validate(compose_config(combination), combination)
+        return int(OmegaConf.select(base, "hydra.sweeper.n_trials") or 1)
     combinations = sweep_combinations(overrides, base)
     for combination in combinations[:MAX_CHECKED_COMBINATIONS]:
-        _validate(compose_config(combination), combination)
+        cfg = compose_config(combination)
+        _validate(cfg, combination)
+        if cfg.resume == "never":  # where Hydra will put this run: <sweep dir>/<subdir>
+            job = compose_config(combination, hydra_node=True).hydra.sweep
+            _check_not_taken(cfg, str(Path(job.dir) / job.subdir))
     return len(combinations)
 
 
@@ -119,31 +147,68 @@ def _check_writable(directory: str | None) -> None:
         )
 
 
+def _check_not_taken(cfg: DictConfig, directory: str | None) -> None:
+    """resume=never: refuse here, before Hydra writes its .hydra/ copies into an earlier run."""
+    if cfg.resume != "never" or not directory:
+        return
+    path = Path(directory).absolute()
+    summary = record.read_summary(path)
+    if summary is not None or (path / "metrics.csv").exists():
+        status = (summary or {}).get("status", "unknown")
+        raise UsageError(
+            f"{path} already holds a run (status {status}); resume=never refuses to touch it. "
+            "Choose another hydra.run.dir (hydra.sweep.dir for -m), or resume=auto to continue "
+            "or skip it, or resume=force to start again (the old files are kept in a "
+            "_previous-* folder)."
+        )
+
+
+def _check_data(cfg: DictConfig) -> None:
+    """The dataset's path and layout (not its images), so a typo costs no run directory."""
+    from initbench.data import DataError, check_source
+
+    try:
+        check_source(cfg.data, Path.cwd())
+    except DataError as error:
+        raise UsageError(str(error)) from error
+
+
 # ----------------------------------------------------------------------------- launching
 
 
 _results: list[dict[str, Any]] = []
 
 
-def _task(cfg: DictConfig) -> dict[str, Any]:
+def _task(cfg: DictConfig) -> dict[str, Any] | float:
     """The Hydra task: one run, never raising on an ordinary failure, so a sweep goes on."""
     from hydra.core.hydra_config import HydraConfig
 
-    from initbench.train import run
+    from initbench import sweep
+    from initbench.train import RunDirTaken, run
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         summary = run(cfg, run_dir)
     except KeyboardInterrupt:
         raise
+    except RunDirTaken as error:  # the directory is another run's: write nothing into it
+        log.error("%s", error)
+        summary = {"status": "failed", "error": f"{type(error).__name__}: {error}",
+                   "run_dir": str(run_dir), "refused": True}  # fmt: skip
     except Exception as error:  # recorded in the run's own summary and log
         log.error("run in %s failed: %s: %s", run_dir, type(error).__name__, error)
         summary = record.read_summary(run_dir)
         if summary is None or summary.get("status") == "running":
-            summary = {**(summary or {}), "status": "failed",
-                       "error": f"{type(error).__name__}: {error}", "run_dir": str(run_dir)}
+            summary = {
+                **(summary or {}),
+                "status": "failed",
+                "error": f"{type(error).__name__}: {error}",
+                "run_dir": str(run_dir),
+            }
             record.atomic_write_json(run_dir / record.SUMMARY, summary)
     _results.append(summary)
+    if sweep.is_search(HydraConfig.get()):
+        return sweep.search_value(summary)  # an Optuna sweeper needs a number, not a dict
     return summary
 
 

@@ -5,7 +5,7 @@ The YAML files in ``initbench/configs/`` extend these schemas through their defa
 run directory exists. Range checks that a type cannot express live in :func:`validate`.
 
 Initializer configs are the exception: each initializer takes its own options, so the ``init``
-node is a plain mapping that :func:`initbench.inits.registry.check_options` validates against
+node is a plain mapping that :func:`initbench.inits.registry.check_init_config` validates against
 the initializer's signature.
 """
 
@@ -115,7 +115,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10
-    batch_size: int = 128
+    batch_size: int = 64
     max_steps: int | None = None  # stop after this many optimizer steps in all
     eval_every: int = 1  # epochs
     eval_batch_size: int = 1000

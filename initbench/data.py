@@ -64,9 +64,22 @@ class Dataset:
         )  # fmt: skip
 
     def channel_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel mean and std of the training images, on the 0..1 scale."""
-        pixels = self.train_images.float().div_(255).transpose(0, 1).reshape(3, -1)
-        return pixels.mean(dim=1), pixels.std(dim=1)
+        """Per-channel mean and (unbiased) std of the training images, on the 0..1 scale.
+
+        Computed from a histogram of the 256 pixel levels per channel, exactly, in float64:
+        a float copy of the whole split would take 600 MB for CIFAR-10 (twice that with the
+        transpose), more than the rest of a CPU run together.
+        """
+        channels = self.train_images.shape[1]
+        counts = torch.stack([
+            torch.bincount(self.train_images[:, c].reshape(-1), minlength=256)
+            for c in range(channels)
+        ]).double()  # fmt: skip
+        levels = torch.arange(256, dtype=torch.float64, device=counts.device) / 255
+        total = counts.sum(dim=1)
+        mean = counts @ levels / total
+        variance = (counts @ levels.square() - total * mean.square()) / (total - 1)
+        return mean.float(), variance.clamp_min(0).sqrt().float()
 
 
 # ----------------------------------------------------------------------------- batch transforms
@@ -84,19 +97,25 @@ def augment(images: torch.Tensor, padding: int, generator: torch.Generator) -> t
     Works on any dtype and device; each image gets its own offset and flip, drawn from
     ``generator`` (which must live on the images' device).
     """
-    batch, _, height, width = images.shape
+    batch, channels, height, width = images.shape
     device = images.device
     flip = torch.rand(batch, device=device, generator=generator) < 0.5
-    images = torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
     if padding == 0:
-        return images
-    padded = torch.nn.functional.pad(images, (padding,) * 4)
+        return torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
     shift = torch.randint(0, 2 * padding + 1, (2, batch), device=device, generator=generator)
+    padded = torch.nn.functional.pad(images, (padding,) * 4)  # (B, C, H + 2p, W + 2p)
+    # Crop and flip in one gather from a flat index, rather than flipping every image, then
+    # gathering rows, then columns: one pass over the batch instead of four (2-4x faster on the
+    # CPU). Flipping the padded image and cropping at column x reads padded columns
+    # (W + 2p - 1 - x) - j for j = 0..W-1, which is what the flipped branch below computes: the
+    # same draws give the same images as flipping first, then cropping.
+    column = torch.arange(width, device=device)
+    mirrored = (width - 1 + 2 * padding - shift[1]).view(-1, 1) - column
+    cols = torch.where(flip.view(-1, 1), mirrored, shift[1].view(-1, 1) + column)  # (B, W)
     rows = shift[0].view(-1, 1) + torch.arange(height, device=device)  # (B, H)
-    cols = shift[1].view(-1, 1) + torch.arange(width, device=device)  # (B, W)
-    # Gather rows, then columns: two cheap index_selects per batch instead of a Python loop.
-    padded = padded.gather(2, rows.view(batch, 1, height, 1).expand(-1, 3, -1, padded.shape[3]))
-    return padded.gather(3, cols.view(batch, 1, 1, width).expand(-1, 3, height, -1))
+    flat = rows.view(batch, height, 1) * (width + 2 * padding) + cols.view(batch, 1, width)
+    index = flat.view(batch, 1, height * width).expand(-1, channels, -1)
+    return padded.flatten(2).gather(2, index).view(batch, channels, height, width)
 
 
 # ----------------------------------------------------------------------------- sources
@@ -178,6 +197,17 @@ def default_cache_dir() -> Path:
 
 def load_cifar10(root: Path, *, download: bool = True, cache_dir: Path | None = None) -> Dataset:
     root = Path(root)
+    kind = source_kind(root, download)
+    if kind == "archive":
+        return _cached(root, cache_dir, lambda: _read_archive(root))
+    if kind == "folder":
+        return _cached(root, cache_dir, lambda: _read_folder(root))
+    return _torchvision_cifar10(root, download)
+
+
+def source_kind(root: Path, download: bool) -> str:
+    """Which source ``root`` is ("archive", "folder", "torchvision"); :class:`DataError` when it
+    is none of them. Looks at names only, never inside a file."""
     if root.is_file():
         if not root.name.endswith((".tar.gz", ".tgz", ".tar")):
             raise DataError(
@@ -185,12 +215,31 @@ def load_cifar10(root: Path, *, download: bool = True, cache_dir: Path | None = 
                 "folder or .tar.gz with train/<class>/*.jpg and test/<class>/*.jpg, or at "
                 "torchvision's CIFAR-10 folder (the one holding cifar-10-batches-py)."
             )
-        return _cached(root, cache_dir, lambda: _read_archive(root))
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        return _cached(root, cache_dir, lambda: _read_folder(root))
+        return "archive"
+    splits = [split for split in ("train", "test") if (root / split).is_dir()]
+    if len(splits) == 2:
+        return "folder"
+    if len(splits) == 1:
+        (other,) = {"train", "test"} - set(splits)
+        raise DataError(
+            f"data.root={root} has a {splits[0]}/ folder but no {other}/ folder; a local copy "
+            "needs both, as train/<class>/*.jpg and test/<class>/*.jpg."
+        )
     if (root / "cifar-10-batches-py").is_dir() or download:
-        return _torchvision_cifar10(root, download)
-    raise DataError(_missing_message(root, "data.download=false"))
+        return "torchvision"
+    reason = "data.download=false" if root.exists() else "no such file or folder"
+    raise DataError(_missing_message(root, reason))
+
+
+def check_source(data_cfg, base_dir: Path | None = None) -> None:
+    """Check ``data.root`` cheaply, before a run starts: that it exists and has a layout this
+    module reads (for a folder, also that no class folder is empty and both splits hold the
+    same classes). Images are not opened: a corrupt or odd-sized image fails the run."""
+    if data_cfg.name != "cifar10":
+        return
+    root = _resolve(data_cfg.root, Path(base_dir or os.getcwd()))
+    if source_kind(root, data_cfg.download) == "folder":
+        _folder_classes(root)
 
 
 def _missing_message(root: Path, reason: str) -> str:
@@ -283,22 +332,43 @@ def _read_archive(path: Path) -> Dataset:
     return _decode_splits(files, path)
 
 
-def _read_folder(root: Path) -> Dataset:
-    files: dict[str, list[tuple[str, str, bytes]]] = {"train": [], "test": []}
-    for split in files:
-        for class_dir in sorted((root / split).iterdir()):
-            if not class_dir.is_dir() or class_dir.name.startswith("."):
-                continue
-            found = False
-            for file in sorted(class_dir.iterdir()):
-                if file.suffix.lower() in IMAGE_SUFFIXES:
-                    files[split].append((class_dir.name, str(file), file.read_bytes()))
-                    found = True
-            if not found:
+def _folder_classes(root: Path) -> list[str]:
+    """The class folders of a train/<class>/*, test/<class>/* copy, checked without decoding."""
+    classes = {}
+    for split in ("train", "test"):
+        class_dirs = [path for path in sorted((root / split).iterdir())
+                      if path.is_dir() and not path.name.startswith(".")]  # fmt: skip
+        for class_dir in class_dirs:
+            if not any(file.suffix.lower() in IMAGE_SUFFIXES for file in class_dir.iterdir()):
                 raise DataError(
                     f"data.root={root}: the class folder {class_dir} holds no images "
                     f"({', '.join(IMAGE_SUFFIXES)}); every class needs at least one."
                 )
+        classes[split] = [path.name for path in class_dirs]
+        if not class_dirs:
+            raise DataError(
+                f"data.root={root}: {split}/ holds no class folders. Expected the layout "
+                "train/<class>/*.jpg, test/<class>/*.jpg, e.g. train/airplane/0001.jpg."
+            )
+    _check_same_classes(root, classes["train"], classes["test"])
+    return classes["train"]
+
+
+def _check_same_classes(source: Path, train: list[str], test: list[str]) -> None:
+    if train != test:
+        raise DataError(
+            f"data.root={source}: train and test hold different classes "
+            f"(train: {', '.join(train)}; test: {', '.join(test)})."
+        )
+
+
+def _read_folder(root: Path) -> Dataset:
+    files: dict[str, list[tuple[str, str, bytes]]] = {"train": [], "test": []}
+    for class_name in _folder_classes(root):
+        for split in files:
+            for file in sorted((root / split / class_name).iterdir()):
+                if file.suffix.lower() in IMAGE_SUFFIXES:
+                    files[split].append((class_name, str(file), file.read_bytes()))
     return _decode_splits(files, root)
 
 
@@ -312,11 +382,7 @@ def _decode_splits(files: dict[str, list[tuple[str, str, bytes]]], source: Path)
                 len(files["train"]), len(files["test"])
             )
         )
-    if classes != test_classes:
-        raise DataError(
-            f"data.root={source}: train and test hold different classes "
-            f"(train: {', '.join(classes)}; test: {', '.join(test_classes)})."
-        )
+    _check_same_classes(source, classes, test_classes)
     index = {name: i for i, name in enumerate(classes)}
     splits = []
     for split in ("train", "test"):

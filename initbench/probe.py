@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pandas as pd
@@ -24,6 +25,8 @@ PROBE_COLUMNS = (
     "activation_std",
     "grad_std",
 )
+
+log = logging.getLogger(__name__)
 
 _WEIGHTED = (nn.Linear, nn.modules.conv._ConvNd, nn.RNNBase)
 
@@ -79,7 +82,7 @@ def probe_model(model: nn.Module, batch: Tensor, labels: Tensor) -> pd.DataFrame
     if parameter is not None:
         batch = batch.to(device=parameter.device, dtype=parameter.dtype)
         labels = labels.to(device=parameter.device)
-    names = {module: name for name, module in model.named_modules() if isinstance(module, _WEIGHTED)}
+    names = {m: name for name, m in model.named_modules() if isinstance(m, _WEIGHTED)}
     outputs: dict[nn.Module, Tensor] = {}
 
     def capture(module: nn.Module, _args: tuple, output: Tensor | tuple) -> None:
@@ -133,3 +136,124 @@ def probe_model(model: nn.Module, batch: Tensor, labels: Tensor) -> pd.DataFrame
             }
         )
     return pd.DataFrame(rows, columns=list(PROBE_COLUMNS))
+
+
+# ----------------------------------------------------------------------------- the probe command
+
+
+def probe(cfg, run_dir=None) -> pd.DataFrame:
+    """Initialize the configured model, run one forward and backward pass on a real batch of
+    ``diagnostics.activation_batch`` training images, and write ``probe.csv``, ``probe.png``
+    and ``summary.json`` into ``run_dir`` (Hydra's output directory by default)."""
+    import os
+    import time
+    from pathlib import Path
+
+    import torch
+    from omegaconf import OmegaConf
+
+    from initbench import record
+    from initbench.config import validate
+    from initbench.data import load_dataset, normalize
+    from initbench.inits import initialize
+    from initbench.models import build_model
+    from initbench.train import configure_backends, environment, resolve_device
+
+    validate(cfg)
+    if run_dir is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        run_dir = HydraConfig.get().runtime.output_dir
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    device = resolve_device(cfg.train.device)
+    configure_backends(cfg, device)
+    (run_dir / record.CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    from hydra.core.hydra_config import HydraConfig
+
+    base_dir = HydraConfig.get().runtime.cwd if HydraConfig.initialized() else os.getcwd()
+    dataset = load_dataset(cfg.data, base_dir)
+    mean, std = dataset.channel_stats()
+    generator = torch.Generator().manual_seed(cfg.seed)
+    count = len(dataset.train_labels)
+    index = torch.randperm(count, generator=generator)[: cfg.diagnostics.activation_batch]
+    images = normalize(dataset.train_images[index], mean, std).to(device)
+    labels = dataset.train_labels[index].to(device)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, num_classes=dataset.num_classes).to(device)
+    initialize(model, cfg.init, seed=cfg.seed, batch=images)
+    table = probe_model(model, images, labels)
+    table.insert(0, "init", cfg.init.name)
+    table.insert(0, "model", cfg.model.name)
+    table.insert(2, "seed", cfg.seed)
+    table.to_csv(run_dir / "probe.csv", index=False)
+    plot_probe([table], run_dir / "probe.png")
+    record.atomic_write_json(run_dir / record.SUMMARY, {
+        "kind": "probe", "status": "completed", "error": None, "model": cfg.model.name,
+        "activation": cfg.model.activation, "init": cfg.init.name, "seed": cfg.seed,
+        "layers": len(table), "total_seconds": round(time.time() - started, 3),
+        **environment(device), "run_dir": str(run_dir),
+    })  # fmt: skip
+    log.info("probe: %d layers; activation std from %.3g (first) to %.3g (last); "
+             "files in %s", len(table), table.activation_std.iloc[0],
+             table.activation_std.iloc[-1], run_dir)  # fmt: skip
+    return table
+
+
+def plot_probe(tables: list[pd.DataFrame], path) -> None:
+    """Activation and gradient spread against depth, log scale, one line per initializer (one
+    row of panels per model when several)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from initbench.report.plots import init_colors, plot_signal_propagation
+
+    frame = pd.concat(tables, ignore_index=True)
+    frame["init_label"] = frame["init"]
+    frame["setting"] = frame["model"] if frame["model"].nunique() > 1 else ""
+    figure = plot_signal_propagation(frame, init_colors(frame["init_label"]))
+    if figure is not None:
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(figure)
+
+
+def plot_sweep(sweep_dir) -> None:
+    """The sweep's probe.png: every probe run below ``sweep_dir`` on one figure."""
+    from pathlib import Path
+
+    from initbench import record
+
+    tables = [pd.read_csv(run / "probe.csv") for run in record.find_runs([Path(sweep_dir)])
+              if (run / "probe.csv").exists()]  # fmt: skip
+    if tables:
+        plot_probe(tables, Path(sweep_dir) / "probe.png")
+
+
+def probe_task(cfg) -> dict:
+    """Hydra task for ``initbench probe``: failures are recorded and do not stop a sweep."""
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from initbench import record
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        probe(cfg, run_dir)
+    except KeyboardInterrupt:
+        raise
+    except Exception as error:
+        log.error("probe in %s failed: %s: %s", run_dir, type(error).__name__, error)
+        record.atomic_write_json(run_dir / record.SUMMARY, {
+            "kind": "probe", "status": "failed", "error": f"{type(error).__name__}: {error}",
+            "run_dir": str(run_dir)})  # fmt: skip
+    summary = record.read_summary(run_dir) or {}
+    from initbench import app
+
+    app._results.append(summary)
+    return summary

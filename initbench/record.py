@@ -25,6 +25,7 @@ a reader never sees half of one.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import tempfile
@@ -95,12 +96,17 @@ def _json_default(value: Any) -> Any:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    """The run's summary, or None when there is none (yet) or it cannot be parsed."""
+    """The run's summary, or None when there is none (yet) or it cannot be parsed.
+
+    initbench only ever replaces the file whole, so an unparsable one was cut short by
+    something else (a copy, a full disk); it is no result, and never read as one.
+    """
     path = Path(run_dir) / SUMMARY
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        summary = json.loads(path.read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
         return None
+    return summary if isinstance(summary, dict) else None
 
 
 class TableWriter:
@@ -142,17 +148,17 @@ def truncate_table(path: Path, keep: int, key: str, columns: list[str]) -> None:
     if not path.exists():
         return
     with open(path, newline="") as handle:
-        rows = [row for row in csv.DictReader(handle) if row.get(key) and int(row[key]) <= keep]
-    buffer = [",".join(columns)]
-    for row in rows:
-        buffer.append(",".join(_csv_escape(row.get(column, "")) for column in columns))
-    atomic_write_bytes(path, ("\n".join(buffer) + "\n").encode())
-
-
-def _csv_escape(value: str) -> str:
-    if any(char in value for char in ',"\n'):
-        return '"' + value.replace('"', '""') + '"'
-    return value
+        # a row cut short by a crash (missing fields read as None) is dropped with the rest
+        rows = [
+            row
+            for row in csv.DictReader(handle)
+            if None not in row.values() and row.get(key) and float(row[key]) <= keep
+        ]
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()  # the same dialect as TableWriter, so appended rows match
+    writer.writerows(rows)
+    atomic_write_bytes(path, buffer.getvalue().encode())
 
 
 def is_run_dir(path: Path) -> bool:

@@ -42,13 +42,19 @@ class Interrupted(KeyboardInterrupt):
     """Raised after an interrupted run has written its record."""
 
 
+class RunDirTaken(FileExistsError):
+    """The run directory belongs to another run (resume=never) or another process; nothing in
+    it was touched, so nothing about this attempt may be written there either."""
+
+
 # ----------------------------------------------------------------------------- device and setup
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            # a sweep's jobs running side by side each get a GPU of their own (initbench.sweep)
+            return torch.device(os.environ.get("INITBENCH_DEVICE") or "cuda")
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -64,18 +70,33 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
+def use_channels_last(requested: bool, device: torch.device, is_convolutional: bool) -> bool:
+    """Whether model and inputs go channels-last (NHWC): only convolutional models on CUDA,
+    where cuDNN's NHWC kernels (tensor cores under bf16) are the fast ones. On the CPU the
+    default layout is as fast or faster, and a model of linear layers gains nothing."""
+    return bool(requested) and device.type == "cuda" and bool(is_convolutional)
+
+
 def configure_backends(cfg: DictConfig, device: torch.device) -> None:
     threads = cfg.train.threads or int(os.environ.get("INITBENCH_THREADS", 0)) or None
     if threads:
         torch.set_num_threads(threads)
+    deterministic = bool(cfg.train.deterministic)
+    if deterministic:
+        # cuBLAS reads this when it creates its handle, i.e. at the first matmul on the device:
+        # set here, before the model exists, it takes effect (unless an earlier run in this
+        # process already used cuBLAS; for a sweep, export it before starting).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not cfg.train.deterministic
+        torch.backends.cudnn.benchmark = not deterministic  # autotuning picks kernels by timing
+        torch.backends.cudnn.deterministic = deterministic
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if cfg.train.deterministic:
-        # CUBLAS needs this workspace setting to be deterministic
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=False)
+    # Set either way, so that one run of a sweep does not leave the mode on for the next.
+    # warn_only: torch.histc (diagnostics) and AdaptiveAvgPool2d's backward (resnet, plain_cnn)
+    # have no deterministic CUDA kernel and would stop the run; both only add exact counts or
+    # one contribution per element, so they do not change the result from run to run.
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def data_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
@@ -95,8 +116,14 @@ def make_optimizer(model: torch.nn.Module, opt_cfg) -> torch.optim.Optimizer:
         return kind(params, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas), eps=opt_cfg.eps,
                     weight_decay=opt_cfg.weight_decay)  # fmt: skip
     if opt_cfg.name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=opt_cfg.lr, alpha=opt_cfg.alpha, eps=opt_cfg.eps,
-                                   momentum=opt_cfg.momentum, weight_decay=opt_cfg.weight_decay)
+        return torch.optim.RMSprop(
+            params,
+            lr=opt_cfg.lr,
+            alpha=opt_cfg.alpha,
+            eps=opt_cfg.eps,
+            momentum=opt_cfg.momentum,
+            weight_decay=opt_cfg.weight_decay,
+        )
     raise ValueError(f"optimizer.name={opt_cfg.name!r}; choose sgd, adam, adamw or rmsprop.")
 
 
@@ -132,7 +159,7 @@ def prepare_run_dir(run_dir: Path, mode: str) -> tuple[str, dict | None]:
         return "fresh", None
     status = (summary or {}).get("status", "unknown")
     if mode == "never":
-        raise FileExistsError(
+        raise RunDirTaken(
             f"{run_dir} already holds a run (status {status}); resume=never refuses to touch it. "
             "Choose another hydra.run.dir, or resume=auto to continue it, or resume=force to "
             "start again (the old files are kept in a _previous-* folder)."
@@ -164,16 +191,17 @@ def exclusive(run_dir: Path):
     """Hold ``run_dir/.lock`` so two processes never write into one run directory."""
     import fcntl
 
-    handle = open(run_dir / ".lock", "w")  # noqa: SIM115
+    handle = open(run_dir / ".lock", "a")  # noqa: SIM115 - "a": the holder's pid stays readable
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise FileExistsError(
+        raise RunDirTaken(
             f"another initbench process is writing into {run_dir}; choose another "
             "hydra.run.dir or wait for it to finish."
         ) from None
     try:
+        handle.truncate(0)
         handle.write(str(os.getpid()))
         handle.flush()
         yield
@@ -208,8 +236,9 @@ def stop_on_signals():
 def environment(device: torch.device) -> dict[str, Any]:
     info = {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
-        platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
         "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda,
         "python": platform.python_version(),
@@ -312,9 +341,17 @@ class Trainer:
         self.summary.update(status="running", started_at=_now())
         record.atomic_write_json(self.run_dir / record.SUMMARY, self.summary)
         self.tables: dict[str, record.TableWriter] = {}
-        log.info("run: %s | model=%s init=%s optimizer=%s lr=%g seed=%d | device=%s %s",
-                 self.run_dir, cfg.model.name, cfg.init.name, cfg.optimizer.name,
-                 cfg.optimizer.lr, cfg.seed, self.device, str(self.dtype).replace("torch.", ""))
+        log.info(
+            "run: %s | model=%s init=%s optimizer=%s lr=%g seed=%d | device=%s %s",
+            self.run_dir,
+            cfg.model.name,
+            cfg.init.name,
+            cfg.optimizer.name,
+            cfg.optimizer.lr,
+            cfg.seed,
+            self.device,
+            str(self.dtype).replace("torch.", ""),
+        )
 
     def base_summary(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -369,8 +406,8 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)  # PyTorch's own init (init=default) draws from here
         model = build_model(cfg.model, num_classes=self.data.num_classes).to(self.device)
-        self.channels_last = (
-            cfg.train.channels_last and self.device.type == "cuda" and model.is_convolutional
+        self.channels_last = use_channels_last(
+            cfg.train.channels_last, self.device, getattr(model, "is_convolutional", False)
         )
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -403,10 +440,11 @@ class Trainer:
                                        self.total_steps)  # fmt: skip
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.dtype == torch.float16)  # fmt: skip
-        self.diagnostics = Diagnostics(cfg.diagnostics, self.model, self.table,
-                                       epochs=cfg.train.epochs,
-                                       probe_batch=lambda: self.probe_batch(
-                                           cfg.diagnostics.activation_batch)[0])  # fmt: skip
+        self.diagnostics = Diagnostics(
+            cfg.diagnostics, self.model, self.table, epochs=cfg.train.epochs,
+            probe_batch=lambda: self.probe_batch(cfg.diagnostics.activation_batch)[0],
+            gradients_may_overflow=self.scaler.is_enabled(),
+        )  # fmt: skip
 
     def restore(self) -> None:
         path = self.run_dir / record.CHECKPOINT
@@ -428,9 +466,12 @@ class Trainer:
         for name in ("metrics", "distributions", "histograms"):
             record.truncate_table(self.run_dir / f"{name}.csv", self.epoch, "epoch",
                                   record.TABLES[name])  # fmt: skip
-        for name in ("steps", "grad_norms"):
-            record.truncate_table(self.run_dir / f"{name}.csv", self.step, "step",
-                                  record.TABLES[name])  # fmt: skip
+        # steps.csv counts steps taken; grad_norms.csv the step being taken (0-based), so its
+        # row for step == self.step belongs to the lost epoch
+        record.truncate_table(self.run_dir / "steps.csv", self.step, "step",
+                              record.TABLES["steps"])  # fmt: skip
+        record.truncate_table(self.run_dir / "grad_norms.csv", self.step - 1, "step",
+                              record.TABLES["grad_norms"])  # fmt: skip
         log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
 
     def checkpoint(self) -> None:
@@ -506,7 +547,9 @@ class Trainer:
                 loss = F.cross_entropy(logits.float(), labels)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
-            self.diagnostics.after_backward(self.step, self.epoch)
+            # true-scale gradients for the diagnostics (and for step); a no-op unless fp16
+            self.scaler.unscale_(self.optimizer)
+            self.diagnostics.after_backward(self.step, self.epoch, loss)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
@@ -534,7 +577,9 @@ class Trainer:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - epoch_start
-        if seen == 0:
+        if seen == 0 or (self.stop.is_set() and seen < count):
+            # stopped by a signal: part of an epoch is no row and no checkpoint; a resume
+            # redoes the whole epoch from the last checkpoint, with the same data order
             return None
         train_loss = (loss_sum / seen).item()
         if not math.isfinite(train_loss):
@@ -580,8 +625,14 @@ class Trainer:
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(total=self.total_steps, initial=self.step, unit="step", leave=False,
-                    dynamic_ncols=True, desc=f"{self.cfg.model.name}/{self.cfg.init.name}")
+        return tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            unit="step",
+            leave=False,
+            dynamic_ncols=True,
+            desc=f"{self.cfg.model.name}/{self.cfg.init.name}",
+        )
 
     COLUMNS = (("epoch", "{:>5d}"), ("train_loss", "{:>10.4f}"), ("train_acc", "{:>9.4f}"),
                ("test_loss", "{:>9.4f}"), ("test_acc", "{:>8.4f}"), ("lr", "{:>9.2e}"),

@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-ARCHIVE = Path(os.environ.get("INITBENCH_CIFAR_ARCHIVE",
-                              REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"))
+ARCHIVE = Path(
+    os.environ.get(
+        "INITBENCH_CIFAR_ARCHIVE", REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+    )
+)
 
 
 def make_slice(target: Path, train_per_class: int, test_per_class: int) -> Path:

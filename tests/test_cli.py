@@ -124,8 +124,15 @@ def test_two_runs_in_one_process_get_distinct_directories(workdir):
 def test_relative_data_root_means_the_launch_directory(workdir, cifar_slice):
     (workdir / "copies").mkdir()
     (workdir / "copies" / "c10.tar.gz").write_bytes(cifar_slice.read_bytes())
-    common = ["data=cifar10", "data.root=copies/c10.tar.gz", "data.download=false",
-              "train.max_steps=2", "train.progress=false", "model=mlp", "model.width=16"]
+    common = [
+        "data=cifar10",
+        "data.root=copies/c10.tar.gz",
+        "data.download=false",
+        "train.max_steps=2",
+        "train.progress=false",
+        "model=mlp",
+        "model.width=16",
+    ]
     for chdir in ("false", "true"):
         result = invoke("run", *common, f"hydra.job.chdir={chdir}")
         assert result.exit_code == 0, result.output
@@ -136,8 +143,16 @@ def test_relative_data_root_means_the_launch_directory(workdir, cifar_slice):
 
 def test_sweep_with_a_failing_run_finishes_the_others_and_fails_the_command(workdir):
     sweep_dir = workdir / "sweep"
-    result = invoke("run", "-m", *QUICK, "seed=0,1", "data=synthetic,cifar10",
-                    "data.root=absent", "data.download=false", f"hydra.sweep.dir={sweep_dir}")
+    result = invoke(
+        "run",
+        "-m",
+        *QUICK,
+        "seed=0,1",
+        "data=synthetic,cifar10",
+        "data.root=absent",
+        "data.download=false",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
     assert result.exit_code == 1, result.output
     statuses = {d.name: record.read_summary(d)["status"] for d in run_dirs(sweep_dir)}
     assert len(statuses) == 4
@@ -159,3 +174,20 @@ def test_rerunning_a_sweep_skips_finished_runs(workdir):
     assert invoke(*args).exit_code == 0
     second = {d: (d / "metrics.csv").stat().st_mtime_ns for d in run_dirs(workdir / "sweep")}
     assert first == second  # untouched
+
+
+def test_probe_sweep_writes_a_table_per_run_and_one_figure(workdir):
+    sweep_dir = workdir / "probe"
+    result = invoke("probe", "-m", "init=xavier,kaiming", "model=mlp", "model.depth=6",
+                    "model.width=32", "data=synthetic", f"hydra.sweep.dir={sweep_dir}")
+    assert result.exit_code == 0, result.output
+    runs = run_dirs(sweep_dir)
+    assert len(runs) == 2
+    for run_dir in runs:
+        with open(run_dir / "probe.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        assert len(rows) == 7  # 6 hidden layers and the classifier, in forward order
+        assert [int(row["depth"]) for row in rows] == list(range(7))
+        assert set(record.PROBE_COLUMNS) <= set(rows[0])
+        assert record.read_summary(run_dir)["kind"] == "probe"
+    assert (sweep_dir / "probe.png").stat().st_size > 10_000

@@ -458,13 +458,13 @@ def test_regenerating_in_place_removes_its_own_stale_figures(sweep, tmp_path):
     (out / "notes.txt").write_text("mine")
     make_report([sweep], out)
     assert (out / "figures" / "signal_propagation.png").exists()
-    make_report([sweep / "2025-01-02"], out)  # no probe runs below this one
+    make_report([sweep / "10-00-00"], out)  # no probe runs below this one
     assert not (out / "figures" / "signal_propagation.png").exists()
     assert (out / "notes.txt").read_text() == "mine"
 
 
 def test_refuses_to_write_into_a_run_directory(sweep):
-    run = next((sweep / "2025-01-02" / "10-00-00").iterdir())
+    run = next((sweep / "10-00-00").iterdir())
     with pytest.raises(ValueError, match="inside the run directory"):
         make_report([sweep], run / "report")
 
@@ -481,3 +481,26 @@ def test_missing_directory_or_no_runs_is_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no run directories"):
         make_report([tmp_path / "empty"], tmp_path / "out")
+
+
+def test_failed_and_interrupted_runs_are_counted_not_averaged(tmp_path):
+    write_run(tmp_path / "ok", config("lsuv", 0), accuracies=[0.5, 0.6])
+    write_run(
+        tmp_path / "crash",
+        config("lsuv", 1),
+        accuracies=[0.5],
+        status="failed",
+        summary={"error": "RuntimeError: CUDA out of memory\nTraceback ..."},
+    )
+    write_run(tmp_path / "stop", config("lsuv", 2), accuracies=[0.4], status="interrupted")
+    _, summary = _summary(tmp_path)
+    assert "error: RuntimeError: CUDA out of memory" in _row(summary, "crash")["note"]
+    row = tables.aggregate_table(summary).iloc[0]
+    assert (row["runs"], row["n_completed"], row["n_failed"], row["n_interrupted"]) == (3, 1, 1, 1)
+    assert row["final_test_acc_n"] == 1 and row["final_test_acc_mean"] == pytest.approx(0.6)
+
+
+def test_overlapping_roots_find_each_run_once(sweep):
+    found = tables.find([sweep, sweep / "10-00-00", sweep / "10-00-00" / "init=lsuv"][:2])
+    assert len(found) == 12 and len({run.path for run in found}) == 12
+    assert all(run.shown.startswith(str(sweep)) for run in found)

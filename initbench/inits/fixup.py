@@ -44,6 +44,13 @@ def fixup_(model: nn.Module) -> dict[str, float]:
     Raises ValueError for a model without :class:`~initbench.models.resnet.ResidualBlock` or
     whose blocks use batch norm: Fixup replaces normalization, it does not combine with it.
     Returns the scale used and the number of branches, for logging.
+
+    Example::
+
+        >>> from initbench.models import ResNet
+        >>> model = ResNet(blocks=[2, 2], width=8, norm="none")
+        >>> fixup_(model)["scale"]  # L = 4 branches of m = 2 layers: 4 ** -0.5
+        0.5
     """
     blocks = [module for module in model.modules() if isinstance(module, ResidualBlock)]
     if not blocks:

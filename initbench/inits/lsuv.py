@@ -201,6 +201,13 @@ def lsuv_(
     Returns, per layer name (the module's name; ``<module>.weight_ih_l<k>`` for recurrent
     layers): the final ``variance``, the number of rescalings ``tries``, ``converged`` and
     ``status`` (converged | not_converged | dead | unused).
+
+    Example::
+
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 2))
+        >>> results = lsuv_(model, torch.randn(64, 3, 2, 2))
+        >>> [result["converged"] for result in results.values()]
+        [True, True]
     """
     if tolerance <= 0:
         raise ValueError(f"tolerance={tolerance} must be positive, e.g. 0.1.")

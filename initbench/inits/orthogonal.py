@@ -42,6 +42,12 @@ def orthogonal_(
     bf16/fp16 tensors work (LAPACK has no half-precision QR) and are orthogonal to their
     precision. For a conv, the flattened kernel being orthogonal does not make the convolution
     an isometry; :func:`delta_orthogonal_` does.
+
+    Example::
+
+        >>> w = orthogonal_(torch.empty(3, 5), generator=torch.Generator().manual_seed(0))
+        >>> torch.allclose(w @ w.T, torch.eye(3), atol=1e-6)
+        True
     """
     if tensor.dim() < 2:
         raise ValueError(
@@ -113,8 +119,16 @@ def delta_orthogonal_(
             :func:`centre_tap` of the conv so an even kernel or an unusual padding lines up.
 
     Raises ValueError when out/groups < in/groups: a wide-to-narrow map cannot keep every input
-    direction (use :func:`orthogonal_` for that layer), and for transposed convolutions, whose
-    weight is laid out (in, out/groups, *kernel).
+    direction (use :func:`orthogonal_` for that layer). Not for transposed convolutions, whose
+    weight is laid out (in, out/groups, *kernel): their centre tap would be the transpose.
+
+    Example::
+
+        >>> conv = nn.Conv2d(4, 8, 3, padding=1, padding_mode="circular", bias=False)
+        >>> _ = delta_orthogonal_(conv.weight, centre=centre_tap(conv))
+        >>> x = torch.randn(2, 4, 6, 6)
+        >>> torch.allclose(conv(x).norm(), x.norm())
+        True
     """
     if tensor.dim() < 3:
         raise ValueError(

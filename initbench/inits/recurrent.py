@@ -179,9 +179,11 @@ def single_layer_copy(module: nn.RNNBase, layer: int) -> nn.RNNBase:
     }
     if isinstance(module, nn.LSTM):
         options["proj_size"] = module.proj_size
-    elif type(module) is nn.RNN:
+    elif isinstance(module, nn.RNN):
         options["nonlinearity"] = module.nonlinearity
-    copy = type(module)(input_size, module.hidden_size, num_layers=1, **options)
+    # The base class, not type(module): a subclass may take other constructor arguments.
+    base = {"LSTM": nn.LSTM, "GRU": nn.GRU}.get(module.mode, nn.RNN)
+    copy = base(input_size, module.hidden_size, num_layers=1, **options)
     reference = next(iter(module.parameters()))
     copy = copy.to(device=reference.device, dtype=reference.dtype)
     with torch.no_grad():

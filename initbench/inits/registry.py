@@ -22,6 +22,10 @@ The walker (:func:`initialize`) knows module kinds, so each rule lives in one pl
 * every other parameter (e.g. the Fixup scalars of a ResNet block, 1-D parameters of custom
   modules) is left alone; empty tensors are skipped.
 
+``default`` leaves every weight as PyTorch drew it (the runner seeds the global RNG before
+building the model) and defaults to ``bias: default``, so it changes nothing; with
+``init.bias=zeros`` (or a constant) it keeps PyTorch's weights and applies the bias rule.
+
 Determinism: each weight parameter draws from its own ``torch.Generator`` seeded with a stable
 hash of (seed, qualified parameter name), so a layer's initial weights do not depend on how
 many other layers the model has or in which order they are initialized. Draws happen on the
@@ -37,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -667,8 +672,12 @@ def _settings(init_cfg: Any, activation: str | None) -> tuple[InitializerSpec, S
             raise ConfigError(f"init.gain={gain!r} must be a positive number or null.")
     elif spec.gain == "activation":
         if activation is None:
+            warnings.warn(
+                f"init {spec.name}: the model has no .activation attribute, so gain: null "
+                "means 1 (linear); set model.activation or init.gain.",
+                stacklevel=3,
+            )
             activation = "linear"
-            logger.warning("init %s: model has no .activation; gain 1 (linear)", spec.name)
         gain = activation_gain(activation)
     elif spec.gain == "one":
         gain = 1.0
@@ -818,9 +827,10 @@ def _apply_bias_rules(model: nn.Module, settings: Settings) -> None:
             if isinstance(norm_bias, Tensor):
                 norm_bias.zero_()
     if settings.forget_bias is not None and not found_lstm:
-        raise ValueError(
+        warnings.warn(
             f"init.forget_bias={settings.forget_bias} applies to LSTM layers; "
-            f"{type(model).__name__} has none. Set init.forget_bias=null."
+            f"{type(model).__name__} has none, so it does nothing. Set init.forget_bias=null.",
+            stacklevel=3,
         )
 
 
@@ -879,6 +889,14 @@ def initialize(
     before still owns them. With ``spectral_norm: true`` the Linear/Conv weights are then
     wrapped by ``torch.nn.utils.parametrizations.spectral_norm`` (same parameter objects; new
     state-dict keys).
+
+    Example::
+
+        >>> model = nn.Sequential(nn.Linear(8, 4))
+        >>> model.activation = "relu"
+        >>> records = initialize(model, {"name": "kaiming_normal", "mode": "fan_out"}, seed=0)
+        >>> records[0]["kind"], records[0]["fan_in"], records[0]["fan_out"]
+        ('linear', 8, 4)
     """
     spec, settings = _settings(init_cfg, getattr(model, "activation", None))
     settings.batch = batch

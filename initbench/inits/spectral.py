@@ -36,6 +36,12 @@ def spectral_scale_(tensor: Tensor, gain: float = 1.0, *, dim: int = 0) -> Tenso
     Traps: an all-zero weight has σ_max = 0 and is left as it is (with a warning) instead of
     becoming NaN. σ_max is computed in float32, so bf16/fp16 weights are scaled in float32 and
     rounded once.
+
+    Example::
+
+        >>> w = spectral_scale_(torch.randn(6, 4), 2.0)
+        >>> round(torch.linalg.matrix_norm(w, ord=2).item(), 4)
+        2.0
     """
     if tensor.numel() == 0:
         return tensor

@@ -107,7 +107,9 @@ def _resolve_fans(
 
 
 @torch.no_grad()
-def uniform_(tensor: Tensor, bound: float = 0.01, *, generator: torch.Generator | None = None):
+def uniform_(
+    tensor: Tensor, bound: float = 0.01, *, generator: torch.Generator | None = None
+) -> Tensor:
     r"""Fill ``tensor`` with draws from :math:`\mathcal{U}(-\text{bound}, \text{bound})`.
 
     Variance :math:`\text{bound}^2 / 3`, whatever the layer's size: the scale that makes a deep
@@ -118,7 +120,9 @@ def uniform_(tensor: Tensor, bound: float = 0.01, *, generator: torch.Generator 
 
 
 @torch.no_grad()
-def normal_(tensor: Tensor, std: float = 0.01, *, generator: torch.Generator | None = None):
+def normal_(
+    tensor: Tensor, std: float = 0.01, *, generator: torch.Generator | None = None
+) -> Tensor:
     r"""Fill ``tensor`` with draws from :math:`\mathcal{N}(0, \text{std}^2)`, a fixed scale."""
     return tensor.copy_(torch.randn(tensor.shape, generator=generator) * std)
 
@@ -185,6 +189,13 @@ def variance_scaling_(
         fan_in, fan_out: the layer's fans (:func:`layer_fans`); by default read from the
             tensor's shape as (out, in, *kernel), which is wrong for grouped and transposed
             convolutions and for stacked recurrent gates.
+
+    Example::
+
+        >>> w = torch.empty(256, 512)
+        >>> _ = variance_scaling_(w, 2.0, "fan_in", "truncated_normal")  # He, truncated
+        >>> round(w.var().item() * 512, 1)
+        2.0
     """
     if scale <= 0:
         raise ValueError(f"scale={scale} must be positive.")
@@ -211,7 +222,9 @@ def xavier_uniform_(
     fan_out: float | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    r"""Xavier/Glorot uniform: :math:`\mathcal{U}(-a, a)`, :math:`a = g\sqrt{6/(n_{in}+n_{out})}`, g = gain.
+    r"""Xavier/Glorot uniform: draws from :math:`\mathcal{U}(-a, a)`.
+
+    .. math:: a = \text{gain} \cdot \sqrt{6 / (\text{fan\_in} + \text{fan\_out})}
 
     The compromise between keeping the forward variance (:math:`n_{in}\operatorname{Var}W = 1`)
     and the backward one (:math:`n_{out}\operatorname{Var}W = 1`) for a linear (or tanh near 0)
@@ -285,6 +298,12 @@ def kaiming_normal_(
 
     Trap: Keras' ``he_normal`` draws a truncated normal of the same variance; torchvision's
     ResNets use mode fan_out.
+
+    Example::
+
+        >>> conv = nn.Conv2d(16, 32, 3, groups=4)
+        >>> fan_in, fan_out = layer_fans(conv)  # (4*9, 8*9): groups counted
+        >>> _ = kaiming_normal_(conv.weight, fan_in=fan_in, fan_out=fan_out)
     """
     return variance_scaling_(
         tensor, gain**2, mode, "normal", fan_in=fan_in, fan_out=fan_out, generator=generator

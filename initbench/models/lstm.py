@@ -34,5 +34,7 @@ class LSTMClassifier(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         # (N, C, H, W) -> (N, H, W, C) -> (N, H, W*C): row h becomes step h.
         rows = images.permute(0, 2, 3, 1).flatten(2)
-        _, (last_hidden, _) = self.rnn(rows)
-        return self.classifier(last_hidden[-1])
+        # The last step of the top layer's output sequence, the same values as h_n[-1], taken
+        # from the sequence so that gradients reach the layer's output (what probe_model reads).
+        sequence, _ = self.rnn(rows)
+        return self.classifier(sequence[:, -1])

@@ -28,16 +28,19 @@ FIGURE_CAPTIONS = {
     "diverged run is dotted and ends with a cross, an unfinished run is dashed.",
     "gradient_flow": "Do gradients vanish or explode with depth? The gradient norm of each "
     "layer's weight (log scale) at the first logged step, at the end of the first epoch and at "
-    "the last logged step; geometric mean over seeds, band min–max.",
+    "the last logged step most runs share (a run that stopped elsewhere, e.g. diverged, is left "
+    "out of that panel); geometric mean over finished seeds, band min–max.",
     "layer_std": "Does the scale of weights and activations hold with depth? Standard deviation "
-    "per layer (log scale) at initialization and after training; geometric mean over seeds.",
+    "per layer (log scale) at initialization and after training; geometric mean over finished "
+    "seeds.",
     "histograms_weight": "Weight histograms of the first, middle and last layer, one row per "
     "initializer (one run each, its lowest finished seed): at initialization (filled) and "
     "after training (line).",
     "histograms_activation": "Activation histograms of the first, middle and last layer, as "
     "above (pre-activation outputs; after tanh/sigmoid for saturating nonlinearities).",
     "signal_propagation": "Does the signal survive the depth at initialization? Activation std "
-    "(forward) and gradient std (backward) per layer from probe runs; geometric mean over seeds.",
+    "(forward) and gradient std (backward) per layer from probe runs; geometric mean over "
+    "finished seeds.",
     "epoch_time": "What does each configuration cost? Seconds per epoch: each run's median over "
     "its epochs (small dots) and the mean over runs (large dot).",
 }

@@ -51,6 +51,7 @@ PALETTE = [
 ]
 PANEL_WIDTH, PANEL_HEIGHT, LEGEND_WIDTH = 4.6, 3.0, 2.6
 BAND_ALPHA = 0.18
+BANDS_UP_TO = 6  # initializers in one depth-profile panel
 
 
 def init_colors(labels: Iterable[str]) -> dict[str, str]:
@@ -242,7 +243,8 @@ def _draw_curves(
 def plot_gradient_flow(flow: pd.DataFrame, colors: Mapping[str, str]) -> Figure | None:
     """Do gradients vanish or explode with depth? The gradient norm of each layer's weight,
     input to output, on a log axis, at initialization and later. Line: geometric mean over
-    seeds; band: min-max."""
+    seeds; band: min-max, drawn for up to BANDS_UP_TO initializers (more bands hide the
+    lines)."""
     if flow.empty:
         return None
     settings = _settings(flow)
@@ -250,10 +252,13 @@ def plot_gradient_flow(flow: pd.DataFrame, colors: Mapping[str, str]) -> Figure 
         p for p in ("initialization", "end of epoch 1", "last logged") if p in set(flow.point)
     ]
     figure, axes = _figure(len(settings), len(points), sharey="row")
+    labels = sorted(flow["init_label"].unique())
+    bands = len(labels) <= BANDS_UP_TO
     figure.suptitle(
-        "Gradient flow: gradient norm per layer (geometric mean over seeds, band min–max)"
+        "Gradient flow: gradient norm per layer (geometric mean over seeds"
+        + (", band min–max)" if bands else ")")
     )
-    widths = _widths(sorted(flow["init_label"].unique()))
+    widths = _widths(labels)
     for row, setting in enumerate(settings):
         of_setting = flow[flow["setting"].fillna("") == setting]
         for column, point in enumerate(points):
@@ -268,7 +273,7 @@ def plot_gradient_flow(flow: pd.DataFrame, colors: Mapping[str, str]) -> Figure 
                     lw=widths[label],
                     label=label,
                 )
-                if at.loc[at["init_label"] == label, "path"].nunique() > 1:
+                if bands and at.loc[at["init_label"] == label, "path"].nunique() > 1:
                     axis.fill_between(
                         line["depth"],
                         line["low"],
@@ -366,7 +371,7 @@ def plot_histograms(
         .sort_values(["setting", "init_label"])
         .itertuples(index=False, name=None)
     )
-    figure, axes = _figure(len(rows), len(positions), height=1.7, legend=True)
+    figure, axes = _figure(len(rows), len(positions), height=1.4, legend=True)
     figure.suptitle(
         f"{tensor.capitalize()} histograms of the first, middle and last layer: "
         "at initialization (filled) and after training (line); each panel its own x range"
@@ -426,7 +431,6 @@ def plot_histograms(
                     ha="right",
                     va="center",
                     fontsize="small",
-                    color=colors[label],
                 )
             if row == len(rows) - 1:
                 axis.set_xlabel(f"{tensor} value")

@@ -113,14 +113,20 @@ def read_table(run_dir: Path, name: str) -> tuple[pd.DataFrame | None, str]:
     if not data.strip():
         return _empty(columns), note or f"{name}.csv empty"
     try:
-        frame = pd.read_csv(io.BytesIO(data), on_bad_lines="skip")
+        # text columns as plain objects: pandas' own string type is slower to build and scan
+        text = {column: object for column in columns if column in TEXT_COLUMNS}
+        frame = pd.read_csv(io.BytesIO(data), on_bad_lines="skip", dtype=text)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         return None, f"{name}.csv unreadable ({type(error).__name__})"
     for column in columns:
         if column not in frame:
             frame[column] = np.nan
     for column in frame.columns:
-        if column not in TEXT_COLUMNS:
+        if column in TEXT_COLUMNS:
+            continue
+        if pd.api.types.is_numeric_dtype(frame[column]):
+            frame[column] = frame[column].astype(float)
+        else:  # text where a number belongs: a damaged row
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
     return frame, note
 
@@ -376,8 +382,9 @@ def _finite_mean(values: pd.Series) -> float:
 
 
 def _mark_duplicates(frame: pd.DataFrame, varying: list[str]) -> None:
-    """Add ``duplicate`` (bool) and ``in_aggregate`` (bool). Two runs with the same
-    configuration and seed are one result: the finished one, then the later one, counts."""
+    """Add ``duplicate``, ``result`` (finished and not a duplicate) and ``in_aggregate`` (a
+    result of a training run). Two runs with the same configuration and seed are one result:
+    the finished one, then the later one, counts."""
     keys = ["kind", *[column for column, _ in IDENTITY], *varying]
     finished = frame["status"].isin(record.FINISHED)
     order = pd.DataFrame(
@@ -398,7 +405,8 @@ def _mark_duplicates(frame: pd.DataFrame, varying: list[str]) -> None:
     duplicate_of = first.reindex(frame.index)
     frame["duplicate"] = duplicate_of != frame["path"]
     frame.loc[frame["duplicate"], "note"] = "duplicate of " + duplicate_of[frame["duplicate"]]
-    frame["in_aggregate"] = finished & ~frame["duplicate"] & (frame["kind"] == TRAIN)
+    frame["result"] = finished & ~frame["duplicate"]
+    frame["in_aggregate"] = frame["result"] & (frame["kind"] == TRAIN)
     for path in frame.loc[frame["duplicate"], "path"]:
         log.info("run=%s duplicate=true: same configuration and seed as another run", path)
 
@@ -591,11 +599,16 @@ def labeled(summary: pd.DataFrame) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- figure data
 # Long tables, one row per point drawn, each with the run's ``path``, ``init_label``,
-# ``setting`` and ``status``. Duplicates are left out everywhere.
+# ``setting`` and ``status``. The convergence curves show every run, marked by status; the
+# other figures average over results only (finished, not duplicates), like aggregate.csv.
 
 
-def _runs_of(runs: Runs, summary: pd.DataFrame, kind: str) -> list[tuple[Run, pd.Series]]:
+def _runs_of(
+    runs: Runs, summary: pd.DataFrame, kind: str, *, results: bool = True
+) -> list[tuple[Run, pd.Series]]:
     chosen = summary[(summary["kind"] == kind) & ~summary["duplicate"]]
+    if results:
+        chosen = chosen[chosen["result"]]
     return [(runs.by_path[row["path"]], row) for _, row in chosen.iterrows()]
 
 
@@ -615,9 +628,10 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def curves(runs: Runs, summary: pd.DataFrame) -> pd.DataFrame:
-    """metrics.csv of every training run: epoch, train_loss, test_acc, epoch_seconds."""
+    """metrics.csv of every training run, finished or not: epoch, train_loss, test_acc,
+    epoch_seconds."""
     frames = []
-    for run, row in _runs_of(runs, summary, TRAIN):
+    for run, row in _runs_of(runs, summary, TRAIN, results=False):
         metrics = runs.table(run, "metrics")
         if metrics is not None and len(metrics):
             columns = ["epoch", "train_loss", "test_acc", "epoch_seconds"]
@@ -631,7 +645,13 @@ def weighted_layers(runs: Runs, run: Run) -> list[str]:
     moments = runs.table(run, "distributions")
     if moments is None or not len(moments):
         return []
-    return list(dict.fromkeys(moments["layer"].dropna()))
+    return _in_order(moments["layer"])
+
+
+def _in_order(names: pd.Series) -> list[str]:
+    """The distinct values in order of first appearance (the model's order)."""
+    values = pd.unique(names.to_numpy(dtype=object))
+    return [str(name) for name in values if isinstance(name, str)]
 
 
 def _is_layer_weight(name: str, modules: set[str]) -> bool:
@@ -655,12 +675,16 @@ def gradient_flow(runs: Runs, summary: pd.DataFrame) -> pd.DataFrame:
         norms = runs.table(run, "grad_norms")
         if norms is None or not len(norms):
             continue
-        norms = norms.dropna(subset=["step"])
         modules = set(weighted_layers(runs, run))
-        names = list(dict.fromkeys(norms["layer"].dropna()))
+        names = _in_order(norms["layer"])
         kept = [name for name in names if _is_layer_weight(name, modules)] or names
-        depth = {name: index for index, name in enumerate(kept)}
-        steps = np.sort(norms["step"].unique())
+        # plain arrays: this loop runs once per run, and pandas' per-call cost adds up
+        step_of = norms["step"].to_numpy(dtype=float)
+        layer_of = norms["layer"].to_numpy(dtype=object)
+        depth_of = pd.Index(kept).get_indexer(layer_of)  # -1: not kept
+        steps = np.unique(step_of[np.isfinite(step_of)])
+        if not len(steps):
+            continue
         points = {"initialization": steps[0]}
         metrics = runs.table(run, "metrics")
         if metrics is not None and len(metrics) and metrics["step"].notna().any():
@@ -670,13 +694,19 @@ def gradient_flow(runs: Runs, summary: pd.DataFrame) -> pd.DataFrame:
                 points["end of epoch 1"] = early[-1]
         if steps[-1] != steps[0]:
             points["last logged"] = steps[-1]
-        for point, step in points.items():
-            at = norms[(norms["step"] == step) & norms["layer"].isin(depth)]
-            frames.append(
-                _tag(at[["step", "layer", "grad_norm"]], row).assign(
-                    point=point, depth=at["layer"].map(depth)
-                )
-            )
+        chosen = [np.flatnonzero((step_of == step) & (depth_of >= 0)) for step in points.values()]
+        rows = np.concatenate(chosen)
+        frame = pd.DataFrame(
+            {
+                "step": step_of[rows],
+                "layer": layer_of[rows],
+                "grad_norm": norms["grad_norm"].to_numpy(dtype=float)[rows],
+                "depth": depth_of[rows],
+                "point": np.repeat(list(points), [len(index) for index in chosen]),
+            }
+        )
+        frames.append(_tag(frame, row))
+    runs.drop("grad_norms")  # read by this figure only
     return _common_steps(_concat(frames))
 
 
@@ -711,27 +741,28 @@ def layer_moments(runs: Runs, summary: pd.DataFrame) -> pd.DataFrame:
         moments = runs.table(run, "distributions")
         if moments is None or not len(moments) or moments["epoch"].isna().all():
             continue
-        moments = moments.dropna(subset=["epoch"])
-        depth = {name: index for index, name in enumerate(weighted_layers(runs, run))}
-        first, last = moments["epoch"].min(), moments["epoch"].max()
-        points = {"initialization": first} | ({"after training": last} if last != first else {})
-        for point, epoch in points.items():
-            at = moments[moments["epoch"] == epoch]
-            columns = ["epoch", "layer", "tensor", "std", "zero_fraction", "saturated_fraction"]
-            frames.append(_tag(at[columns], row).assign(point=point, depth=at["layer"].map(depth)))
+        epoch_of = moments["epoch"].to_numpy(dtype=float)
+        first, last = np.nanmin(epoch_of), np.nanmax(epoch_of)
+        chosen = epoch_of == first if last == first else (epoch_of == first) | (epoch_of == last)
+        at = moments[chosen]
+        columns = ["epoch", "layer", "tensor", "std", "zero_fraction", "saturated_fraction"]
+        frame = at[columns].assign(
+            point=np.where(at["epoch"].to_numpy() == first, "initialization", "after training"),
+            depth=pd.Index(weighted_layers(runs, run)).get_indexer(at["layer"]),
+        )
+        frames.append(_tag(frame, row))
     return _concat(frames)
 
 
 def representative_histograms(runs: Runs, summary: pd.DataFrame) -> pd.DataFrame:
     """Histograms of three layers (the first, the middle and the last) at initialization and
-    after training, from one run per initializer and setting: the lowest seed among the
-    finished runs (any run when none has finished). Only those runs' histograms.csv is read."""
-    chosen = summary[(summary["kind"] == TRAIN) & ~summary["duplicate"]].copy()
+    after training, from one run per initializer and setting: its finished run with the
+    lowest seed. Only those runs' histograms.csv is read."""
+    chosen = summary[summary["in_aggregate"]].copy()
     if chosen.empty:
         return pd.DataFrame()
-    chosen["_unfinished"] = ~chosen["status"].isin(record.FINISHED)
     chosen["_seed"] = pd.to_numeric(chosen["seed"], errors="coerce")
-    chosen = chosen.sort_values(["_unfinished", "_seed", "path"])
+    chosen = chosen.sort_values(["_seed", "path"])
     frames = []
     for _, row in chosen.groupby(["setting", "init_label"], sort=False).head(1).iterrows():
         run = runs.by_path[row["path"]]
@@ -743,7 +774,7 @@ def representative_histograms(runs: Runs, summary: pd.DataFrame) -> pd.DataFrame
         first, last = histograms["epoch"].min(), histograms["epoch"].max()
         points = {"initialization": first} | ({"after training": last} if last != first else {})
         for tensor, of_tensor in histograms.groupby("tensor", sort=False):
-            layers = list(dict.fromkeys(of_tensor.loc[of_tensor["epoch"] == first, "layer"]))
+            layers = _in_order(of_tensor.loc[of_tensor["epoch"] == first, "layer"])
             if not layers:
                 continue
             positions = {

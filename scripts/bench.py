@@ -1,0 +1,450 @@
+"""Training throughput on CIFAR-10: the bare step, initbench's runner, and the classic loop.
+
+    python scripts/bench.py --model cnn                  # about 4 minutes on 2 busy CPU cores
+    python scripts/bench.py --model resnet --memory-steps 0
+    python scripts/bench.py --model cnn --device cuda    # scripts/gpu_check.sh runs this
+
+One model (same architecture, initialization, optimizer, batch size, precision, memory format
+and thread count), trained three ways and timed over the same number of steps:
+
+    floor     forward, backward and optimizer step on one ready batch (normalized, already on
+              the device, no augmentation): the most any data pipeline can reach;
+    runner    initbench's own ``Trainer.train_epoch``, as ``initbench run`` runs it: batches
+              sliced from the uint8 dataset on the device, cropped, flipped and normalized
+              there, the learning-rate schedule, steps.csv every ``train.log_every`` steps, the
+              progress bar, and the diagnostics at their defaults; then once more with
+              ``diagnostics.enabled=false``;
+    classic   the textbook loop: a CIFAR-10 Dataset in torchvision's layout over the same uint8
+              images, per-image PIL transforms (RandomCrop(32, padding=4), RandomHorizontalFlip,
+              ToTensor, Normalize), a DataLoader with worker processes, ``loss.item()`` on every
+              step. Only the data path differs: precision and memory format are the runner's.
+
+The machine may be shared, so the methods take turns: in every round each runs one chunk of
+``--steps`` steps, in an order that rotates from round to round. Each ratio is taken within a
+round, between chunks that saw the same background load, and the median over the rounds is
+reported. A chunk of the classic loop starts a fresh DataLoader iterator and takes
+``--classic-warmup`` untimed steps first, so that it neither pays for starting its workers nor
+profits from batches they prepared while another method was being timed. Chunks of the runner
+are whole calls of ``train_epoch`` (a fresh permutation each, as an epoch would start).
+
+Memory: the peak of each method (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the resident
+set of this process, whose high-water mark is reset before each chunk), and the peak resident
+set of a real ``initbench run model=cnn`` on the same data (``--memory-steps`` steps, then the
+evaluation and the epoch-end diagnostics), read from the kernel's accounting of that child.
+
+The last line holds the ratios ``runner/floor`` and ``runner/classic``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = Path(
+    os.environ.get(
+        "INITBENCH_CIFAR_ARCHIVE", REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+    )
+)
+# Steps per chunk and rounds, by device and model. A CPU chunk of the CNN covers one
+# diagnostics logging step (grad_every=50) and two or three rows of steps.csv, so that the
+# runner's periodic work weighs in every chunk as it does in a run.
+CHUNK = {("cpu", "cnn"): (50, 5), ("cpu", "resnet"): (4, 4),
+         ("cuda", "cnn"): (400, 7), ("cuda", "resnet"): (100, 7)}  # fmt: skip
+METHODS = ("floor", "runner", "runner, diagnostics off", "classic")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="cnn", help="a model config: cnn, resnet, ...")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of this process (default: torch's, one per core)",
+    )
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per chunk")
+    parser.add_argument("--rounds", type=int, default=None, help="chunks per method")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed steps of every method before the first round "
+                             "(default: 3 on the CPU, 30 on CUDA, where compilation and "
+                             "cuDNN autotuning happen then)")  # fmt: skip
+    parser.add_argument("--data", default=str(DEFAULT_DATA),
+                        help="data.root of a CIFAR-10 copy, or 'synthetic' (50,000 generated "
+                             "images, for a machine without one)")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (classic)")
+    parser.add_argument(
+        "--classic-warmup",
+        type=int,
+        default=4,
+        help="untimed steps at the start of each classic chunk",
+    )
+    parser.add_argument(
+        "--transforms",
+        choices=("v1", "v2"),
+        default="v1",
+        help="torchvision.transforms (v1) or transforms.v2 for the classic loop",
+    )
+    parser.add_argument(
+        "--memory-steps",
+        type=int,
+        default=50,
+        help="steps of the real CNN run whose peak RSS is measured (0: skip)",
+    )
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config override for every method, e.g. train.compile=true",
+    )
+    args = parser.parse_args()
+    return args
+
+
+# ----------------------------------------------------------------------------- device helpers
+
+
+def synchronize(device: torch.device) -> None:
+    # CUDA kernels run asynchronously: without this, a timer measures the launches only
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):
+        # Linux: "5" resets VmHWM, the resident high-water mark, to the current resident size
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    with contextlib.suppress(OSError):
+        found = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())
+        if found:
+            return int(found.group(1)) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def autocast(trainer):
+    return torch.autocast(trainer.device.type, dtype=trainer.dtype,
+                          enabled=trainer.dtype != torch.float32)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the three methods
+
+
+def make_trainer(overrides: list[str], run_dir: Path):
+    """A Trainer ready for its loop: the stages ``Trainer.run`` performs before ``loop``."""
+    from initbench.app import compose_config
+    from initbench.config import validate
+    from initbench.train import Trainer
+
+    cfg = compose_config(overrides)
+    validate(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(cfg, run_dir)
+    trainer.stop = threading.Event()  # run() installs the signal flag; no signals here
+    trainer.setup()
+    trainer.load_data()
+    trainer.build_model()
+    trainer.build_optimizer()
+    return trainer
+
+
+class Floor:
+    """Forward, backward, step on one normalized batch that never changes."""
+
+    def __init__(self, trainer, batch_size: int):
+        from initbench.data import normalize
+
+        self.trainer = trainer
+        images = trainer.data.train_images[:batch_size]
+        self.inputs = trainer.to_memory_format(normalize(images, trainer.mean, trainer.std))
+        self.labels = trainer.data.train_labels[:batch_size]
+
+    def start(self) -> None:
+        pass
+
+    def run(self, steps: int) -> None:
+        trainer, optimizer, scaler = self.trainer, self.trainer.optimizer, self.trainer.scaler
+        for _ in range(steps):
+            with autocast(trainer):
+                loss = F.cross_entropy(trainer.forward(self.inputs).float(), self.labels)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler.is_enabled():  # fp16 only; the runner pays for the scaler too
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+
+    def stop(self) -> None:
+        pass
+
+
+class Runner:
+    """initbench's training loop; each chunk is one call of ``Trainer.train_epoch``."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        # the progress bar of a run, drawn into a buffer so that its cost is counted but its
+        # output does not interleave with the table
+        with contextlib.redirect_stderr(io.StringIO()):
+            self.progress = trainer.progress_bar()
+
+    def start(self) -> None:
+        pass
+
+    def run(self, steps: int) -> None:
+        trainer = self.trainer
+        trainer.total_steps = trainer.step + steps  # train_epoch stops at the step budget
+        if trainer.train_epoch(self.progress) is None:
+            raise RuntimeError(f"the runner stopped early (divergence?); see {trainer.run_dir}")
+
+    def stop(self) -> None:
+        pass
+
+
+class ClassicCIFAR10(torch.utils.data.Dataset):
+    """torchvision.datasets.CIFAR10's layout and ``__getitem__``: one (H, W, C) uint8 array,
+    and a PIL image made per item for the per-image transforms."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
+        self.data = images.cpu().permute(0, 2, 3, 1).contiguous().numpy()
+        self.targets = labels.cpu().tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.data[index])), self.targets[index]
+
+
+def classic_transform(version: str, mean: list[float], std: list[float]):
+    if version == "v2":
+        from torchvision.transforms import v2
+
+        return v2.Compose([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(),
+                           v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                           v2.Normalize(mean, std)])  # fmt: skip
+    from torchvision import transforms
+
+    return transforms.Compose([transforms.RandomCrop(32, padding=4),
+                               transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+                               transforms.Normalize(mean, std)])  # fmt: skip
+
+
+class Classic:
+    """DataLoader with worker processes, per-image transforms, a host read every step."""
+
+    def __init__(self, trainer, batch_size: int, workers: int, warmup: int, version: str):
+        self.trainer = trainer
+        self.warmup = warmup
+        dataset = ClassicCIFAR10(trainer.data.train_images, trainer.data.train_labels,
+                                 classic_transform(version, trainer.mean.tolist(),
+                                                   trainer.std.tolist()))  # fmt: skip
+        self.loader = torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+            pin_memory=trainer.device.type == "cuda", drop_last=True,
+            generator=torch.Generator().manual_seed(trainer.cfg.seed),
+        )  # fmt: skip
+        self.batches = None
+        self.running_loss = 0.0
+
+    def start(self) -> None:
+        self.batches = iter(self.loader)
+        self.run(self.warmup)
+
+    def run(self, steps: int) -> None:
+        trainer, optimizer, device = self.trainer, self.trainer.optimizer, self.trainer.device
+        for _ in range(steps):
+            try:
+                images, labels = next(self.batches)
+            except StopIteration:  # an epoch ended: the classic loop starts the next one
+                self.batches = iter(self.loader)
+                images, labels = next(self.batches)
+            inputs = trainer.to_memory_format(images.to(device, non_blocking=True))
+            labels = labels.to(device, non_blocking=True)
+            with autocast(trainer):
+                loss = F.cross_entropy(trainer.forward(inputs).float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            self.running_loss += loss.item()  # the per-step host read of the textbook loop
+
+    def stop(self) -> None:
+        self.batches = None  # the iterator's workers shut down here, outside the timing
+
+
+def timed(method, steps: int, device: torch.device) -> tuple[float, float]:
+    """Seconds for ``steps`` steps of ``method``, and its peak memory (MiB) meanwhile."""
+    method.start()
+    synchronize(device)
+    reset_peak(device)
+    started = time.perf_counter()
+    method.run(steps)
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    peak = peak_mib(device)
+    method.stop()
+    return seconds, peak
+
+
+# ----------------------------------------------------------------------------- a real run's memory
+
+
+def real_run_peak_rss(data_overrides: list[str], steps: int, threads: int, device: str,
+                      scratch: Path) -> float:  # fmt: skip
+    """Peak resident set (MiB) of ``initbench run model=cnn`` for ``steps`` steps on the data."""
+    log_path = scratch / "memory-run.log"
+    command = [sys.executable, "-m", "initbench.cli", "run", "model=cnn",
+               f"train.max_steps={steps}", "train.progress=false", f"train.threads={threads}",
+               f"train.device={device}", f"hydra.run.dir={scratch / 'memory-run'}",
+               "resume=force", *data_overrides]  # fmt: skip
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+        # wait4 reports this child's own resource use, ru_maxrss among it (KiB on Linux)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        tail = log_path.read_text().splitlines()[-15:]
+        raise RuntimeError("the memory run failed:\n  " + " ".join(command) + "\n" +
+                           "\n".join(tail))  # fmt: skip
+    return usage.ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    args = parse_args()
+    from initbench.train import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    device = resolve_device(args.device)
+    default_steps, default_rounds = CHUNK.get((device.type, args.model), (20, 5))
+    steps = args.steps or default_steps
+    rounds = args.rounds or default_rounds
+    warmup = args.warmup if args.warmup is not None else (30 if device.type == "cuda" else 3)
+    if args.data == "synthetic":
+        data = ["data=synthetic", "data.num_train=50000", "data.num_test=10000"]
+    else:
+        data = [f"data.root={Path(args.data).resolve()}", "data.download=false"]
+    common = [f"model={args.model}", f"train.batch_size={args.batch_size}",
+              f"train.device={device}", f"train.threads={threads}", "train.checkpoint=false",
+              *data, *args.override]  # fmt: skip
+
+    with tempfile.TemporaryDirectory(prefix="initbench-bench-") as scratch_name:
+        scratch = Path(scratch_name)
+        memory = None
+        if args.memory_steps:
+            memory = real_run_peak_rss(data + args.override, args.memory_steps, threads,
+                                       str(device), scratch)  # fmt: skip
+
+        runner = make_trainer(common, scratch / "runner")
+        quiet = make_trainer([*common, "diagnostics.enabled=false"], scratch / "runner-quiet")
+        methods = {
+            # floor and classic train the same model object as the quiet runner
+            "floor": Floor(quiet, args.batch_size),
+            "runner": Runner(runner),
+            "runner, diagnostics off": Runner(quiet),
+            "classic": Classic(quiet, args.batch_size, args.workers, args.classic_warmup,
+                               args.transforms),
+        }  # fmt: skip
+        print_header(args, runner, device, threads, steps, rounds, warmup)
+        if memory is not None:
+            print(f"memory: initbench run model=cnn, {args.memory_steps} steps of batch "
+                  f"{runner.cfg.train.batch_size} + evaluation on {runner.summary['data_source']}"
+                  f": peak RSS {memory:.0f} MiB ({memory / 1024:.2f} GiB)")  # fmt: skip
+        sys.stdout.flush()
+
+        for name in METHODS:  # compilation, autotuning, caches, first allocations
+            timed(methods[name], warmup, device)
+        seconds: dict[str, list[float]] = {name: [] for name in METHODS}
+        peaks: dict[str, float] = dict.fromkeys(METHODS, 0.0)
+        for round_index in range(rounds):
+            shift = round_index % len(METHODS)
+            for name in METHODS[shift:] + METHODS[:shift]:
+                took, peak = timed(methods[name], steps, device)
+                seconds[name].append(took)
+                peaks[name] = max(peaks[name], peak)
+        runner.close_tables()
+        quiet.close_tables()
+
+    images = steps * args.batch_size
+    memory_kind = "peak MiB alloc" if device.type == "cuda" else "peak MiB RSS"
+    print(f"{'method':<24} {'images/s':>9} {'min-max over rounds':>20} {'ms/step':>8} "
+          f"{memory_kind:>15}")  # fmt: skip
+    for name in METHODS:
+        rates = [images / s for s in seconds[name]]
+        print(
+            f"{name:<24} {statistics.median(rates):>9.1f} "
+            f"{f'{min(rates):.1f}-{max(rates):.1f}':>20} "
+            f"{1000 * statistics.median(seconds[name]) / steps:>8.2f} {peaks[name]:>15.0f}"
+        )
+
+    def ratio(numerator: str, denominator: str) -> float:
+        # paired within each round: both chunks ran under the same background load
+        pairs = zip(seconds[numerator], seconds[denominator], strict=True)
+        return statistics.median(theirs / ours for ours, theirs in pairs)
+
+    quiet_name = "runner, diagnostics off"
+    print(
+        f"ratios (median over {rounds} rounds): runner/floor={ratio('runner', 'floor'):.3f} "
+        f"runner/classic={ratio('runner', 'classic'):.3f} | diagnostics off: "
+        f"runner/floor={ratio(quiet_name, 'floor'):.3f} "
+        f"runner/classic={ratio(quiet_name, 'classic'):.3f}"
+    )
+    return 0
+
+
+def print_header(args, trainer, device, threads, steps, rounds, warmup) -> None:
+    name = trainer.env.get("device_name") or platform.machine()
+    cfg = trainer.cfg
+    print(f"bench: model={args.model} ({trainer.summary['parameters']:,} parameters) "
+          f"batch={args.batch_size} optimizer={cfg.optimizer.name} device={device} ({name}) "
+          f"threads={threads} torch={torch.__version__}")  # fmt: skip
+    print(f"       precision={str(trainer.dtype).replace('torch.', '')} "
+          f"channels_last={trainer.channels_last} compile={cfg.train.compile} "
+          f"cudnn.benchmark={torch.backends.cudnn.benchmark} "
+          f"data={trainer.summary['data_source']}")  # fmt: skip
+    print(
+        f"       {rounds} rounds of {steps} timed steps per method after {warmup} warm-up "
+        f"steps; classic: transforms {args.transforms}, DataLoader num_workers={args.workers} "
+        f"(1 thread each), {args.classic_warmup} untimed steps per chunk"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
