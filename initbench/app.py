@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import initbench.config  # noqa: F401 - registers the schemas with the ConfigStore
-from initbench import record
+from initbench import record, sweep  # sweep registers the ${initbench.dirname:...} resolver
 from initbench.config import ConfigError, validate
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,6 @@ def _task(cfg: DictConfig) -> dict[str, Any] | float:
     """The Hydra task: one run, never raising on an ordinary failure, so a sweep goes on."""
     from hydra.core.hydra_config import HydraConfig
 
-    from initbench import sweep
     from initbench.train import RunDirTaken, run
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)

@@ -41,20 +41,22 @@ otherwise). Non-finite values are left out of the moments and the counts.
 
 *Binning.* Histograms share one dyadic grid: every bin has a width of a power of two, 2**e, and
 every edge is an integer multiple of it, ``bins`` bins from ``-(bins // 2) * 2**e`` (or from 0
-for a tensor with no negative values at initialization, such as a ReLU output). The exponent is
-chosen per (layer, tensor) at initialization, as the smallest that covers the values, and then
-kept: later epochs of the same layer use the very same edges, and only when values outgrow them
-does the exponent go up (by as many doublings as needed, so nothing is ever clipped). Two
-histograms with different exponents, from two initializers or two layers, are compared exactly
-by summing each pair of adjacent bins of the finer one until the widths agree. Empty bins before
-the first and after the last non-empty one are not written; every other bin is, zero or not.
-Edges are written in full precision. The counts of a histogram sum to the number of finite
-values of the tensor (weight elements, or activation elements over the batch).
+for a tensor with no negative values at initialization, such as a ReLU output, until negative
+values appear). The exponent is chosen per (layer, tensor) at initialization, as the smallest
+that covers the values, and then kept (across a resume too): later epochs of the same layer use
+the very same edges, and only when values outgrow them does the exponent go up, by as many
+doublings as needed, so that nothing is ever clipped. Two histograms with different exponents,
+from two initializers or two layers, compare exactly after summing adjacent pairs of bins of the
+finer one until the widths agree. Empty bins before the first and after the last non-empty one
+are not written; every other bin is, zero or not. Edges are written in full precision. The counts
+of a histogram sum to the number of finite values of the tensor (weight elements, or activation
+elements over the batch).
 
-**Divergence.** On every step, on the device and without reading anything back, the loss and the
-gradient norm of each parameter tensor are checked for finiteness: the first step at which each
-went non-finite is kept, and the last finite value of each (the gradient norms are the one
-fused pass above; the rest is four tiny kernels on a vector of one value per parameter tensor).
+**Divergence.** On every step the loss and the gradient norm of each parameter tensor (the fused
+pass above) are written, on the device, into one row of a small ring of ``RING`` steps: one more
+kernel per step, and no host read. Every ``RING`` steps, at logging steps and before anything is
+read, the ring is folded, still on the device, into the first step at which each value was
+non-finite and its last finite value.
 :meth:`Diagnostics.locate_divergence` reads them once, when the trainer finds a non-finite loss,
 and the trainer writes them into ``summary.json["divergence"]``:
 
@@ -97,6 +99,7 @@ WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.C
 # Saturation: tanh beyond +-0.99, sigmoid below 0.01 or above 0.99: centre and half-width.
 SATURATION = {"tanh": (0.0, 0.99), "sigmoid": (0.5, 0.49)}
 NEVER = 2**62  # "no non-finite value yet" in the first-step trackers
+RING = 64  # steps of per-step values held on the device between two folds
 # An all-zero tensor (zeros init, Fixup's last conv) has no scale; it gets bins of this width
 # until it grows.
 MIN_EXPONENT = -40
@@ -146,13 +149,20 @@ class Diagnostics:
                        if isinstance(module, WEIGHTED)]  # fmt: skip
         self.activation = getattr(model, "activation", None)
         self.nonlinearity = _nonlinearity_type(self.activation)
+        self.grad_every = int(cfg.grad_every)
 
         device = self.params[0].device if self.params else torch.device("cpu")
         self._zero = torch.zeros((), device=device)  # the norm of a missing gradient
-        # first step at which each value went non-finite: [loss, parameter 0, parameter 1, ...]
-        self._first_nonfinite = torch.full((len(self.params) + 1,), NEVER, device=device)
-        # the same values at the first step tracked, and at the last step each was finite
-        self._last_finite = torch.full((len(self.params) + 1,), math.nan, device=device)
+        # Per-step values, [loss, norm of each gradient], one row per step, written on the
+        # device; every RING steps (and before anything reads them) they are folded into the
+        # per-column summaries below, also on the device.
+        columns = 1 if gradients_may_overflow else len(self.params) + 1
+        self._ring = torch.zeros(RING, columns, device=device)
+        self._ring_rows = torch.arange(RING, device=device).unsqueeze(1)
+        self._ring_start, self._ring_used = 0, 0
+        # per column: the first step it was non-finite, its last finite value, its first value
+        self._first_nonfinite = torch.full((columns,), NEVER, device=device)
+        self._last_finite = torch.full((columns,), math.nan, device=device)
         self._initial: Tensor | None = None
         self._initial_step: int | None = None
         self._epoch_starts: list[tuple[int, int]] = []  # (first step, epoch), for divergence
@@ -162,7 +172,7 @@ class Diagnostics:
         self._grids: dict[tuple[str, str], tuple[int, bool]] = {}
 
     def logs(self, step: int) -> bool:
-        return self.enabled and step % self.cfg.grad_every == 0
+        return self.enabled and step % self.grad_every == 0
 
     # --- every step ---------------------------------------------------------------------
     def on_start(self) -> None:
@@ -183,25 +193,42 @@ class Diagnostics:
             grads = [p.grad if p.grad is not None else self._zero for p in self.params]
             norms = list(torch._foreach_norm(grads))
         loss_value = self._zero if loss is None else loss.detach().float().reshape(())
-        # [loss, norm of each gradient]: one vector, so that the check is three small kernels
-        watched = [loss_value] if self.gradients_may_overflow else [loss_value, *norms]
-        values = torch.stack(watched).float()
-        finite = torch.isfinite(values)
-        first = self._first_nonfinite[: len(watched)]
-        torch.minimum(first, torch.where(finite, NEVER, step), out=first)
-        last = self._last_finite[: len(watched)]
-        torch.where(finite, values, last, out=last)
-        if self._initial is None:
-            self._initial, self._initial_step = values.clone(), step
+        if self._ring_used == RING or step != self._ring_start + self._ring_used:
+            self._fold()
+        if self._ring_used == 0:
+            self._ring_start = step
+        row = self._ring[self._ring_used]
+        # one kernel per step beyond the norms: checking for non-finite values waits for the fold
+        if self.gradients_may_overflow:
+            row.copy_(loss_value.reshape(1))
+        else:
+            torch.stack([loss_value, *norms], out=row)
+        self._ring_used += 1
         if logs:
             weights = [p.detach() for p in self.params]
-            grad_norms = torch.stack(norms).float() if self.gradients_may_overflow else values[1:]
             self._pending = {
-                "step": step, "epoch": epoch, "grad_norms": grad_norms,
+                "step": step, "epoch": epoch, "grad_norms": torch.stack(norms).float(),
                 "weight_norms": torch.stack(torch._foreach_norm(weights)).float(),
                 # a copy of the weights, on logging steps only, to measure the update
                 "before": torch._foreach_mul(weights, 1.0),
             }  # fmt: skip
+
+    def _fold(self) -> None:
+        """Fold the ring's rows into the per-column summaries, on the device (no host read)."""
+        used, start = self._ring_used, self._ring_start
+        if used == 0:
+            return
+        values = self._ring[:used]  # (steps, columns)
+        rows = self._ring_rows[:used]  # (steps, 1)
+        finite = torch.isfinite(values)
+        first = torch.where(finite, NEVER, rows + start).amin(0)
+        torch.minimum(self._first_nonfinite, first, out=self._first_nonfinite)
+        last_row = torch.where(finite, rows, -1).amax(0)  # -1: never finite in these steps
+        last = values.gather(0, last_row.clamp_min(0).unsqueeze(0)).squeeze(0)
+        torch.where(last_row >= 0, last, self._last_finite, out=self._last_finite)
+        if self._initial is None:
+            self._initial, self._initial_step = values[0].clone(), start
+        self._ring_used = 0
 
     @torch.no_grad()
     def after_step(self, step: int, epoch: int) -> None:
@@ -214,6 +241,7 @@ class Diagnostics:
         update_norms = torch.stack(torch._foreach_norm(updates)).float()
         weight_norms = pending["weight_norms"]
         ratios = torch.where(weight_norms > 0, update_norms / weight_norms, math.nan)
+        self._fold()
         nonfinite = (self._first_nonfinite.min() < NEVER).float().reshape(1)
         values = torch.cat([pending["grad_norms"], weight_norms, ratios, nonfinite]).cpu()
         grad, weight, ratio = values[:-1].view(3, -1).tolist()
@@ -225,7 +253,7 @@ class Diagnostics:
         if values[-1].item() and not self._warned:
             self._warned = True
             found = self.locate_divergence()
-            log.warning("non-finite %s at step %s, first in %s", found.get("cause"),
+            log.warning("non-finite values: cause=%s step=%s layer=%s", found.get("cause"),
                         found.get("step"), found.get("layer"))  # fmt: skip
 
     # --- distributions ------------------------------------------------------------------
@@ -237,10 +265,23 @@ class Diagnostics:
     def record_distributions(self, epoch: int, step: int) -> None:
         """Weight and activation moments and histograms of every layer, at this point."""
         started = time.perf_counter()
-        summaries = [self._summarize(name, kind, tensor, saturation=None)
-                     for name, module in self.layers
-                     for kind, tensor in _weights_of(module)]  # fmt: skip
-        summaries += self._activations()
+        # Training mode, so that batch norm normalizes with the batch statistics as in a
+        # training step: at initialization its running statistics are still mean 0, var 1,
+        # which would show a network that training never runs. The buffers (running
+        # statistics; spectral norm's vectors, which even reading a weight updates) are put
+        # back afterwards, so that recording changes nothing in the run.
+        saved = [(buffer, buffer.clone()) for buffer in self.model.buffers()]
+        was_training = self.model.training
+        self.model.train()
+        try:
+            summaries = [self._summarize(name, kind, tensor, saturation=None)
+                         for name, module in self.layers
+                         for kind, tensor in _weights_of(module)]  # fmt: skip
+            summaries += self._activations()
+        finally:
+            for buffer, value in saved:
+                buffer.copy_(value)
+            self.model.train(was_training)
         self._write(summaries, epoch, step)
         log.debug("distributions: epoch=%d step=%d layers=%d seconds=%.3f", epoch, step,
                   len(self.layers), time.perf_counter() - started)  # fmt: skip
@@ -281,14 +322,6 @@ class Diagnostics:
             hooks += [module.register_forward_hook(after_nonlinearity)
                       for module in self.model.modules()
                       if isinstance(module, self.nonlinearity)]  # fmt: skip
-        # Training mode, so that batch norm normalizes with the batch statistics as in a
-        # training step: at initialization its running statistics are still mean 0, var 1,
-        # which would show a network that training never runs. The buffers (running
-        # statistics, spectral-norm vectors) are put back afterwards, so recording changes
-        # nothing in the run.
-        saved = [(buffer, buffer.clone()) for buffer in self.model.buffers()]
-        was_training = self.model.training
-        self.model.train()
         try:
             self.model(self.probe_batch())
             for name, output in waiting.items():  # no nonlinearity came after them
@@ -296,9 +329,6 @@ class Diagnostics:
         finally:
             for hook in hooks:
                 hook.remove()
-            for buffer, value in saved:
-                buffer.copy_(value)
-            self.model.train(was_training)
         return summaries
 
     def _summarize(self, layer: str, kind: str, tensor: Tensor,
@@ -309,7 +339,9 @@ class Diagnostics:
         """The finite values of ``tensor``, flattened, and their range (one host read: the
         histogram's edges depend on it)."""
         values = tensor.detach().float().reshape(-1)
-        low, high = torch.stack(torch.aminmax(values)).tolist() if values.numel() else (0, 0)
+        if values.numel() == 0:
+            return _Values(values, math.nan, math.nan, None)
+        low, high = torch.stack(torch.aminmax(values)).tolist()
         if not (math.isfinite(low) and math.isfinite(high)):
             values = values[torch.isfinite(values)]
             low, high = (torch.stack(torch.aminmax(values)).tolist() if values.numel()
@@ -376,8 +408,11 @@ class Diagnostics:
     @torch.no_grad()
     def locate_divergence(self) -> dict[str, Any]:
         """Where the run first went non-finite (see the module docstring); one host read."""
+        self._fold()
         first = self._first_nonfinite.cpu().tolist() if self.enabled else [NEVER]
         loss_first, grad_first = first[0], first[1:]
+        if not grad_first:  # gradients not tracked (fp16)
+            grad_first = [NEVER] * len(self.names)
         step = min(first)
         if step >= NEVER:
             return self._state_when_detected()
@@ -400,7 +435,7 @@ class Diagnostics:
         if self._initial is None or self._initial.numel() < 2 or step < self._initial_step + 2:
             return None
         initial = self._initial[1:].cpu().tolist()
-        last = self._last_finite[1 : len(self._initial)].cpu().tolist()
+        last = self._last_finite[1:].cpu().tolist()
         growth = [(now / then, name)
                   for name, then, now in zip(self.names, initial, last, strict=True)
                   if then > 0 and math.isfinite(now)]  # fmt: skip
@@ -464,6 +499,8 @@ def _histogram(values: Tensor, bins: int, first_edge: float, width: float) -> Te
     """Counts (int64) of ``values`` in ``bins`` bins of ``width`` from ``first_edge``; the last
     bin includes its upper edge."""
     last_edge = first_edge + bins * width
+    if values.device.type not in ("cpu", "cuda"):  # histc has CPU and CUDA kernels only
+        values = values.cpu()
     if values.is_cuda and torch.are_deterministic_algorithms_enabled():
         # histc has no deterministic CUDA kernel; sorting and searching is deterministic
         edges = first_edge + width * torch.arange(bins + 1, device=values.device)

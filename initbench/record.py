@@ -17,6 +17,11 @@ lists below; the README's "Files a run writes" section mirrors them.
       summary.json       status and headline figures; written first as "running", rewritten
                          atomically at the end
 
+``epoch`` means the same in every table: the number of epochs completed. A metrics row with
+``epoch=1`` closes the first epoch; a gradient-norm row taken during the first epoch has
+``epoch=0``; ``steps.csv`` gives it as a fraction (0.5 = half-way through the first epoch);
+distributions at ``epoch=0, step=0`` are taken at initialization.
+
 Tables are appended row by row (and flushed), so a crash leaves every finished row on disk.
 ``summary.json`` and ``checkpoint.pt`` are replaced atomically (temporary file, then rename), so
 a reader never sees half of one.

@@ -21,6 +21,7 @@ why; after an Optuna search, the best trial is logged and kept in :data:`last_sw
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 import logging
 import math
@@ -83,12 +84,13 @@ class SweepSummary(Callback):
         self._saved_env = {name: os.environ.get(name)
                            for name in (THREADS_VARIABLE, DEVICE_VARIABLE)}  # fmt: skip
         self._device_lock = None
-        if self.concurrent <= 1:  # one job at a time: torch's defaults are right
-            return
-        threads = slurm_cpus() or self.threads
+        # Set here, never in the launching process, and undone at the job's end: a value
+        # present now was set by hand, and wins. Without one, torch would count the machine's
+        # cores, not this job's share of them or its SLURM allocation.
+        threads = None if THREADS_VARIABLE in os.environ else slurm_cpus() or self.threads
         if threads:
             os.environ[THREADS_VARIABLE] = str(threads)
-        if OmegaConf.select(config, "train.device") == "auto":
+        if self.concurrent > 1 and OmegaConf.select(config, "train.device") == "auto":
             claimed = claim_gpu(OmegaConf.select(config, "hydra.job.num") or 0)
             if claimed is not None:
                 os.environ[DEVICE_VARIABLE], self._device_lock = claimed
@@ -103,6 +105,28 @@ class SweepSummary(Callback):
         if lock is not None:
             lock.close()  # closing the file releases its lock
             self._device_lock = None
+
+
+# ----------------------------------------------------------------------------- run directories
+
+DIRNAME_LIMIT = 200  # bytes; file systems refuse names over 255
+
+
+def short_dirname(name: str, limit: int = DIRNAME_LIMIT) -> str:
+    """``name`` when it fits in a directory name, else its start and a hash of the whole.
+
+    Run directories are named by their overrides so that a re-run finds them; an Optuna trial's
+    full-precision floats, or many overrides, can pass the 255-byte limit of a file name. The
+    hash keeps the shortened name unique and the same on every re-run; the full overrides are
+    in the run's ``.hydra/overrides.yaml``.
+    """
+    if len(name.encode()) <= limit:
+        return name
+    digest = hashlib.blake2b(name.encode(), digest_size=6).hexdigest()
+    return f"{name.encode()[: limit - len(digest) - 1].decode(errors='ignore')}~{digest}"
+
+
+OmegaConf.register_new_resolver("initbench.dirname", short_dirname, replace=True)
 
 
 # ----------------------------------------------------------------------------- resources

@@ -335,7 +335,9 @@ class Trainer:
         self.device = resolve_device(cfg.train.device)
         configure_backends(cfg, self.device)
         self.dtype = resolve_precision(cfg.train.precision, self.device)
-        (self.run_dir / record.CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        # atomic too: config.yaml marks a run directory for the reporter (record.find_runs)
+        record.atomic_write_bytes(self.run_dir / record.CONFIG,
+                                  OmegaConf.to_yaml(cfg, resolve=True).encode())  # fmt: skip
         self.env = environment(self.device)
         self.summary = self.base_summary()
         self.summary.update(status="running", started_at=_now())

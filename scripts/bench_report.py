@@ -374,6 +374,8 @@ def main() -> int:
     parser.add_argument("--reuse", action="store_true", help="time a report of --keep's runs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.reuse and args.keep is None:
+        parser.error("--reuse times a report of existing runs: give their folder with --keep")
     if not 1 <= args.inits <= len(INITIALIZERS):
         parser.error(f"--inits={args.inits} must be between 1 and {len(INITIALIZERS)}")
 

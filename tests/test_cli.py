@@ -29,12 +29,18 @@ def run_dirs(root: Path) -> list[Path]:
     return record.find_runs([root]) if root.exists() else []
 
 
+# initializers made for one kind of model are checked on that kind
+MODEL_FOR_INIT = {"fixup": ["model=resnet", "model.norm=none"], "irnn": ["model=lstm"],
+                  "recurrent": ["model=lstm"], "delta_orthogonal": ["model=plain_cnn"]}
+
+
 @pytest.mark.parametrize("group", ["model", "init", "optimizer", "data"])
 def test_every_choice_composes_and_validates(group):
     choices = group_choices()[group]
     assert choices, group
     for choice in choices:
-        cfg = compose_config([f"{group}={choice}"])
+        extra = MODEL_FOR_INIT.get(choice, []) if group == "init" else []
+        cfg = compose_config([f"{group}={choice}", *extra])
         validate(cfg)
         assert cfg[group].name
 

@@ -143,6 +143,48 @@ def test_no_host_sync_on_steps_that_do_not_log(monkeypatch):
     assert reads[0] > 0 and reads[4] > 0  # the counting works: logging steps do read back
 
 
+def fake_steps(diagnostics, model, steps, gradient, loss):
+    """Drive the per-step tracking with chosen gradients and losses, no training."""
+    for step in steps:
+        for name, param in model.named_parameters():
+            param.grad = torch.full_like(param, gradient(step, name))
+        diagnostics.after_backward(step, step // 40, torch.tensor(loss(step)))
+        diagnostics.after_step(step, step // 40)
+
+
+def test_divergence_is_located_exactly_between_logging_steps():
+    model = MLP(depth=2, width=4)
+    diagnostics = Diagnostics(diagnostics_cfg(grad_every=50), model, Tables(), epochs=1,
+                              probe_batch=lambda: torch.randn(2, 3, 32, 32))  # fmt: skip
+
+    def gradient(step, name):
+        return math.inf if step >= 70 and name == "hidden.2.weight" else 1.0
+
+    # several folds of the ring pass before step 70; nothing is read back until the end
+    fake_steps(diagnostics, model, range(83), gradient, loss=lambda step: 2.0)
+    found = diagnostics.locate_divergence()
+    assert found["step"] == 70 and found["epoch"] == 1
+    assert found["cause"] == "gradient" and found["layer"] == "hidden.2.weight"
+    assert found["nonfinite_parameters"] == 1
+
+
+def test_a_loss_that_goes_first_names_the_fastest_growing_gradient():
+    model = MLP(depth=2, width=4)
+    diagnostics = Diagnostics(diagnostics_cfg(grad_every=50), model, Tables(), epochs=1,
+                              probe_batch=lambda: torch.randn(2, 3, 32, 32))  # fmt: skip
+
+    def gradient(step, name):
+        if step >= 90:
+            return math.nan  # a non-finite loss leaves every gradient non-finite
+        return 1.0 + step**2 if name == "hidden.2.bias" else 1.0 + step
+
+    fake_steps(diagnostics, model, range(95), gradient,
+               loss=lambda step: math.inf if step >= 90 else 2.0)  # fmt: skip
+    found = diagnostics.locate_divergence()
+    assert found["step"] == 90 and found["cause"] == "loss"
+    assert found["layer"] == "hidden.2.bias" and found["layer_basis"] == BASIS_GROWTH
+
+
 # ----------------------------------------------------------------------------- distributions
 
 
@@ -191,7 +233,7 @@ def test_tanh_with_a_huge_gain_saturates():
     model = MLP(depth=3, width=128, activation="tanh")
     for module in model.modules():
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=10 / math.sqrt(module.in_features))
+            nn.init.normal_(module.weight, std=100 / math.sqrt(module.in_features))
     _, tables = record_once(model, torch.randn(256, 3, 32, 32))
     activations = moments(tables, "activation")
     for layer in ("hidden.0", "hidden.2", "hidden.4"):
@@ -232,10 +274,35 @@ def test_bins_are_dyadic_fixed_per_layer_and_widen_without_clipping():
     diagnostics.record_distributions(epoch=2, step=20)
     grown = histogram(2, "hidden.0", "weight")
     new_width = grown[0][1] - grown[0][0]
-    assert new_width == 32 * width
     stats = moments(tables, "weight")["hidden.0"]  # the last recording's moments
+    largest = max(-stats["min"], stats["max"])
+    assert new_width == 2 ** math.ceil(math.log2(largest / 8)) > width  # 8 bins per side
     assert grown[0][0] <= stats["min"] and stats["max"] <= grown[-1][1]
     assert sum(count for *_, count in grown) == model.hidden[0].weight.numel()
+
+
+def weight_bin_widths(tables: Tables, epoch: int, layer: str) -> set[float]:
+    rows = tables.rows["histograms"]
+    return {
+        float(row["bin_high"]) - float(row["bin_low"])
+        for row in rows
+        if (row["epoch"], row["layer"], row["tensor"]) == (epoch, layer, "weight")
+    }
+
+
+def test_a_resumed_run_keeps_the_grids_of_its_layers():
+    torch.manual_seed(0)
+    model = MLP(depth=1, width=32)
+    inputs = torch.randn(64, 3, 32, 32)
+    before, first_tables = record_once(model, inputs)
+    grid = weight_bin_widths(first_tables, 0, "hidden.0")
+    with torch.no_grad():
+        model.hidden[0].weight.mul_(0.3)  # recorded afresh, it gets a finer grid
+    after, tables = record_once(model, inputs)
+    assert weight_bin_widths(tables, 0, "hidden.0") != grid
+    after.load_state_dict(before.state_dict())  # what a checkpoint carries
+    after.record_distributions(epoch=1, step=5)
+    assert weight_bin_widths(tables, 1, "hidden.0") == grid
 
 
 def test_recording_leaves_batch_norm_statistics_and_mode_alone():
@@ -277,7 +344,8 @@ def test_a_run_records_from_step_zero_at_the_chosen_epochs(tmp_path):
 def test_a_deep_resnet_writes_small_files(tmp_path):
     """The default 50-block ResNet, at initialization and 3 epochs: the histograms hold counts
     (a few dozen rows per layer and tensor), not tensors."""
-    cfg = compose_config([*SMALL, "model=resnet", "data.num_train=8", "data.num_test=8",
+    quick = [override for override in SMALL if not override.startswith("model.")]
+    cfg = compose_config([*quick, "model=resnet", "data.num_train=8", "data.num_test=8",
                           "train.batch_size=8", "train.epochs=3",
                           "diagnostics.activation_batch=8"])  # fmt: skip
     assert run(cfg, tmp_path)["status"] == "completed"

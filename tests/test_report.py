@@ -452,13 +452,15 @@ def test_make_report_writes_tables_figures_and_page(sweep, tmp_path):
     assert "<img" in result["html"].read_text()
 
 
-def test_regenerating_in_place_removes_its_own_stale_figures(sweep, tmp_path):
+def test_regenerating_in_place_removes_its_own_stale_figures(tmp_path):
+    write_run(tmp_path / "runs" / "a", config(), diagnostics=False)
+    write_run(tmp_path / "probes" / "a", config(), probe=[(1.0, 1e-3), (0.5, 2e-3)])
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    make_report([sweep], out)
+    make_report([tmp_path / "runs", tmp_path / "probes"], out)
     assert (out / "figures" / "signal_propagation.png").exists()
-    make_report([sweep / "10-00-00"], out)  # no probe runs below this one
+    make_report([tmp_path / "runs"], out)  # no probe run this time
     assert not (out / "figures" / "signal_propagation.png").exists()
     assert (out / "notes.txt").read_text() == "mine"
 
@@ -501,6 +503,12 @@ def test_failed_and_interrupted_runs_are_counted_not_averaged(tmp_path):
 
 
 def test_overlapping_roots_find_each_run_once(sweep):
-    found = tables.find([sweep, sweep / "10-00-00", sweep / "10-00-00" / "init=lsuv"][:2])
+    found = tables.find([sweep, sweep / "10-00-00"])
     assert len(found) == 12 and len({run.path for run in found}) == 12
     assert all(run.shown.startswith(str(sweep)) for run in found)
+
+
+def test_default_out_sits_with_the_runs_never_inside_one(tmp_path):
+    run = write_run(tmp_path / "sweep" / "seed=0", config(), diagnostics=False)
+    assert make_report([tmp_path / "sweep"])["page"] == tmp_path / "sweep" / "report" / "report.md"
+    assert make_report([run])["page"] == tmp_path / "sweep" / "report" / "report.md"

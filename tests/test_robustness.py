@@ -1,7 +1,8 @@
 """Faults and bad input: interrupts and exact resume, determinism, files never half-written,
 crashes that spare other runs, and a clear refusal for each kind of bad input.
 
-The README's "When things go wrong" table names one test of this file per row, in order.
+The README's "When things go wrong" table names the test of each row, in this file's order
+(a few rows point at tests/test_cli.py instead).
 Signals go only to CLI processes these tests start themselves (``subprocess.Popen``), or to
 this process while a handler of the test's own is installed.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 import csv
 import fcntl
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -29,21 +29,23 @@ from initbench.cli import EXIT_FAILED_RUN, EXIT_INTERRUPTED, EXIT_USAGE, app
 
 runner = CliRunner()
 
-# Small, yet a second or more per epoch, so that a signal sent after the first epoch lands well
-# before the last. 64 steps per epoch and gradient norms every 16 steps: a grad_norms row falls
-# on each epoch's first step, the step a checkpoint separates from the epoch before it.
+# Small, yet about a second per epoch, so that a signal sent a few steps into the second epoch
+# lands inside it, well before the last. 64 steps per epoch and gradient norms every 16 steps:
+# a grad_norms row falls on each epoch's first step, the step a checkpoint separates from the
+# epoch before it.
 TRAIN = ["data=synthetic", "data.num_train=2048", "data.num_test=256", "model=mlp",
          "model.width=64", "model.depth=2", "train.batch_size=32", "train.progress=false",
          "train.threads=1", "train.log_every=10", "diagnostics.grad_every=16",
          "data.augment=true"]  # fmt: skip
-SGD_RUN = [*TRAIN, "train.epochs=5", "optimizer.schedule=cosine"]
-ADAM_RUN = [*TRAIN, "train.epochs=4", "optimizer=adam", "optimizer.lr=0.001",
+SGD_RUN = [*TRAIN, "train.epochs=4", "optimizer.schedule=cosine"]
+ADAM_RUN = [*TRAIN, "train.epochs=3", "optimizer=adam", "optimizer.lr=0.001",
             "optimizer.warmup_epochs=1.5"]  # fmt: skip
 QUICK = ["data=synthetic", "data.num_train=256", "data.num_test=64", "model=mlp",
          "model.width=32", "model.depth=1", "train.batch_size=32", "train.progress=false",
          "train.threads=1", "diagnostics.grad_every=4"]  # fmt: skip
 TABLES = ("metrics", "steps", "grad_norms", "distributions", "histograms", "init")
-TIME_COLUMNS = {"epoch_seconds", "images_per_second", "seconds"}  # the only columns that may differ
+# the only columns allowed to differ between two runs: wall-clock time
+TIME_COLUMNS = {"epoch_seconds", "images_per_second", "seconds"}
 
 
 @pytest.fixture(autouse=True)
@@ -99,21 +101,28 @@ def start_cli(workdir: Path, *args: str) -> subprocess.Popen:
     """The real command in a child process (so that a signal meets its real handlers)."""
     env = {**os.environ, "XDG_CACHE_HOME": str(workdir / "cache")}
     with open(workdir / "cli.log", "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "initbench.cli", "run", *args],
-                                cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "initbench.cli", "run", *args],
+            cwd=workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
-def wait_for_epochs(process: subprocess.Popen, folder: Path, epochs: int) -> Path:
-    """Wait until a metrics.csv at or below ``folder`` holds ``epochs`` rows; return its path."""
+def wait_until_inside_epoch(process: subprocess.Popen, folder: Path, epoch: int) -> None:
+    """Wait until a run at or below ``folder`` is some steps into ``epoch`` (1-based), past the
+    checkpoint of the epoch before: steps.csv's ``epoch`` column counts epochs done, with
+    fractions."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        for path in [folder / "metrics.csv", *folder.glob("*/metrics.csv")]:
-            if path.exists() and len(read_rows(path)) >= epochs:
-                return path
+        for path in [folder / "steps.csv", *folder.glob("*/steps.csv")]:
+            if path.exists() and any(float(row["epoch"]) > epoch - 1 for row in read_rows(path)):
+                return
         if process.poll() is not None:
-            pytest.fail(f"the run ended (exit {process.returncode}) before {epochs} epoch(s)")
+            pytest.fail(f"the run ended (exit {process.returncode}) before epoch {epoch}")
         time.sleep(0.02)
-    pytest.fail(f"no metrics.csv with {epochs} row(s) below {folder} after 300 s")
+    pytest.fail(f"no run below {folder} reached epoch {epoch} in 300 s")
 
 
 def signal_and_wait(process: subprocess.Popen, signum: int, workdir: Path) -> int:
@@ -132,11 +141,14 @@ def interrupted_at(run_dir: Path, epochs: int) -> int:
     summary = record.read_summary(run_dir)
     assert summary["status"] == "interrupted", summary
     state = torch.load(run_dir / record.CHECKPOINT, weights_only=False)
-    assert {"model", "optimizer", "scheduler", "scaler", "torch_rng", "epoch", "step"} <= set(state)
+    saved = {"model", "optimizer", "scheduler", "scaler", "torch_rng", "epoch", "step"}
+    assert saved <= set(state)
     done = [int(row["epoch"]) for row in read_rows(run_dir / "metrics.csv")]
     # every finished epoch is on disk, and no row for the one cut short
     assert done == list(range(1, state["epoch"] + 1))
     assert 1 <= state["epoch"] == summary["epochs_completed"] < epochs
+    # it stopped inside an epoch: rows logged after the checkpoint, for a resume to drop
+    assert max(int(row["step"]) for row in read_rows(run_dir / "steps.csv")) > state["step"]
     return state["epoch"]
 
 
@@ -184,15 +196,16 @@ def assert_refused(result, *phrases: str, workdir: Path | None = None) -> None:
 # ----------------------------------------------------------------------------- interrupts
 
 
+@pytest.mark.slow  # a real child process: about 20 s
 def test_sigint_keeps_finished_epochs_and_resume_matches_an_uninterrupted_run(
     workdir, sgd_reference
 ):
     run_dir = workdir / "run"
     args = [*SGD_RUN, f"hydra.run.dir={run_dir}"]
     process = start_cli(workdir, *args)
-    wait_for_epochs(process, run_dir, 1)
+    wait_until_inside_epoch(process, run_dir, 2)
     assert signal_and_wait(process, signal.SIGINT, workdir) == EXIT_INTERRUPTED
-    interrupted_at(run_dir, epochs=5)
+    interrupted_at(run_dir, epochs=4)
 
     result = invoke(*args)  # resume=auto is the default
     assert result.exit_code == 0, result.output
@@ -201,25 +214,27 @@ def test_sigint_keeps_finished_epochs_and_resume_matches_an_uninterrupted_run(
     assert tables(run_dir) == sgd_reference  # every column but the clock, every row once
 
 
+@pytest.mark.slow  # a real child process: about 20 s
 def test_sigterm_does_the_same_with_adam_and_warmup(workdir, tmp_path_factory):
     reference = reference_run(tmp_path_factory.mktemp("reference") / "adam", ADAM_RUN)
     run_dir = workdir / "run"
     args = [*ADAM_RUN, f"hydra.run.dir={run_dir}"]
     process = start_cli(workdir, *args)
-    wait_for_epochs(process, run_dir, 1)
+    wait_until_inside_epoch(process, run_dir, 2)
     assert signal_and_wait(process, signal.SIGTERM, workdir) == EXIT_INTERRUPTED
-    interrupted_at(run_dir, epochs=4)
+    interrupted_at(run_dir, epochs=3)
 
     assert invoke(*args).exit_code == 0
     assert record.read_summary(run_dir)["status"] == "completed"
     assert tables(run_dir) == reference
 
 
+@pytest.mark.slow  # a real child process: about 20 s
 def test_sigterm_stops_a_sweep_and_running_it_again_completes_it(workdir):
     sweep_dir = workdir / "sweep"
     args = ["-m", *TRAIN, "train.epochs=3", "seed=0,1", f"hydra.sweep.dir={sweep_dir}"]
     process = start_cli(workdir, *args)
-    wait_for_epochs(process, sweep_dir, 1)
+    wait_until_inside_epoch(process, sweep_dir, 2)
     assert signal_and_wait(process, signal.SIGTERM, workdir) == EXIT_INTERRUPTED
     (first,) = record.find_runs([sweep_dir])  # the sweep stopped: the second run never began
     assert "seed=0" in first.name
@@ -261,11 +276,12 @@ def test_sigterm_outside_a_run_exits_130(workdir, monkeypatch):
         signal.signal(signal.SIGTERM, previous)
 
 
+@pytest.mark.slow  # a real child process: about 20 s
 def test_sigkill_loses_at_most_one_epoch_and_resume_still_matches(workdir, sgd_reference):
     run_dir = workdir / "run"
     args = [*SGD_RUN, f"hydra.run.dir={run_dir}"]
     process = start_cli(workdir, *args)
-    wait_for_epochs(process, run_dir, 2)
+    wait_until_inside_epoch(process, run_dir, 3)
     assert signal_and_wait(process, signal.SIGKILL, workdir) == -signal.SIGKILL
     # no chance to write anything: the summary still says running, never completed
     assert record.read_summary(run_dir)["status"] == "running"
@@ -416,8 +432,10 @@ def test_resume_force_moves_the_old_files_aside_and_runs_again(workdir):
     run_dir = workdir / "run"
     args = [*QUICK, "train.epochs=1", f"hydra.run.dir={run_dir}"]
     assert invoke(*args).exit_code == 0
-    old = {name: (run_dir / name).read_bytes() for name in ("metrics.csv", "summary.json",
-                                                              "checkpoint.pt", "config.yaml")}
+    old = {
+        name: (run_dir / name).read_bytes()
+        for name in ("metrics.csv", "summary.json", "checkpoint.pt", "config.yaml")
+    }
     assert invoke(*args, "resume=force").exit_code == 0
     (previous,) = run_dir.glob("_previous-*")
     assert {name: (previous / name).read_bytes() for name in old} == old  # kept, byte for byte
@@ -512,7 +530,7 @@ def _run_fails_on_the_data(workdir: Path, root: Path, *phrases: str) -> None:
 def test_corrupt_image_fails_the_run_naming_the_file(workdir):
     root = write_image_folder(workdir / "copy")
     (root / "train" / "cat" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n but then nothing")
-    _run_fails_on_the_data(workdir, root, f"cannot decode image {root / 'train' / 'cat' / '1.png'}")
+    _run_fails_on_the_data(workdir, root, f"cannot decode image {root / 'train/cat/1.png'}")
 
 
 def test_image_of_another_size_fails_the_run_naming_the_file(workdir):
@@ -548,4 +566,3 @@ def test_output_directory_that_cannot_be_written_is_refused(workdir, monkeypatch
 def test_initializer_that_cannot_apply_to_the_model_is_refused(workdir, init, model):
     result = invoke(*quick(f"init={init}", f"model={model}"))
     assert_refused(result, f"does not apply to model '{model}'", "it is for:", workdir=workdir)
-

@@ -6,15 +6,17 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
+from omegaconf import read_write
 from typer.testing import CliRunner
 
 from initbench import record, sweep
 from initbench.app import check, compose_config
 from initbench.cli import app, group_choices
-from initbench.train import Trainer
+from initbench.train import Trainer, resolve_device
 
 runner = CliRunner()
 TINY = ["data=synthetic", "data.num_train=128", "data.num_test=64", "model=mlp",
@@ -224,7 +226,9 @@ def test_search_value_ranks_diverged_last_and_fails_failed_runs():
 
 def test_concurrency_follows_the_launcher():
     def jobs(*overrides):
-        cfg = compose_config(["seed=0,1,2", *overrides], hydra_node=True)
+        cfg = compose_config(list(overrides), hydra_node=True)
+        with read_write(cfg):  # as Hydra sees `-m seed=0,1,2 ...`
+            cfg.hydra.overrides.task = ["seed=0,1,2", *overrides]
         return sweep.concurrent_jobs(cfg)
 
     assert jobs() == 1  # the basic launcher: one at a time
@@ -254,8 +258,32 @@ def test_each_parallel_job_gets_a_gpu_of_its_own(monkeypatch, tmp_path):
     third[1].close()
     second[1].close()
     callback.on_job_start(config)
-    assert sweep.os.environ[sweep.DEVICE_VARIABLE] in ("cuda:0", "cuda:1")
-    assert sweep.os.environ[sweep.THREADS_VARIABLE] == "1"
+    assert os.environ[sweep.DEVICE_VARIABLE] in ("cuda:0", "cuda:1")
+    assert os.environ[sweep.THREADS_VARIABLE] == "1"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert str(resolve_device("auto")) == os.environ[sweep.DEVICE_VARIABLE]
     callback.on_job_end(config)
-    assert sweep.DEVICE_VARIABLE not in sweep.os.environ
-    assert sweep.THREADS_VARIABLE not in sweep.os.environ
+    assert sweep.DEVICE_VARIABLE not in os.environ
+    assert sweep.THREADS_VARIABLE not in os.environ
+
+
+def test_threads_per_job_slurm_allocation_and_a_setting_by_hand(monkeypatch):
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    config = compose_config(["train.device=cpu"], hydra_node=True)
+    callback = sweep.SweepSummary()  # one job at a time, no SLURM: torch's default stays
+    callback.on_job_start(config)
+    assert sweep.THREADS_VARIABLE not in os.environ
+    callback.on_job_end(config)
+
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")  # a SLURM job: its allocation
+    callback.on_job_start(config)
+    assert os.environ[sweep.THREADS_VARIABLE] == "6"
+    callback.on_job_end(config)
+    assert sweep.THREADS_VARIABLE not in os.environ
+
+    monkeypatch.setenv(sweep.THREADS_VARIABLE, "3")  # set by hand: wins, and stays
+    callback.concurrent, callback.threads = 2, 1
+    callback.on_job_start(config)
+    assert os.environ[sweep.THREADS_VARIABLE] == "3"
+    callback.on_job_end(config)
+    assert os.environ[sweep.THREADS_VARIABLE] == "3"

@@ -13,7 +13,8 @@ writes into ``out``::
 
 The report is derived data: running it again rewrites these files in place (and removes a
 figure of its own that no longer has data), and leaves anything else in ``out`` alone. It never
-writes into a run directory: ``out`` inside one is refused.
+writes into a run directory: ``out`` inside one is refused. Without ``out`` it goes to
+``<first path>/report`` (see :func:`default_out`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import pandas as pd
 from initbench import record
 from initbench.report import page, plots, tables
 
-__all__ = ["make_report", "FIGURES"]
+__all__ = ["make_report", "default_out", "FIGURES"]
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,19 @@ FIGURE_FOLDER = "figures"
 DPI = 110
 
 
-def make_report(paths: Sequence[Path], out: Path, *, threshold: float = 0.5) -> dict[str, Any]:
-    """Find every run at or below ``paths`` and write the report into ``out``.
+def default_out(paths: Sequence[Path]) -> Path:
+    """Where a report goes when no ``out`` is given: ``report/`` inside the first path (a sweep
+    or a folder of runs: the report sits with the runs it describes, and two sweeps never share
+    one), or beside it when the first path is itself a run directory."""
+    first = Path(paths[0])
+    return first.parent / "report" if record.is_run_dir(first) else first / "report"
+
+
+def make_report(
+    paths: Sequence[Path], out: Path | None = None, *, threshold: float = 0.5
+) -> dict[str, Any]:
+    """Find every run at or below ``paths`` and write the report into ``out`` (by default
+    :func:`default_out`).
 
     Returns ``{"summary", "aggregate", "page", "html": Path, "figures": [Path], "runs": int,
     "statuses": {status: count}}``. Raises ValueError when a path does not exist, no run is
@@ -56,7 +68,7 @@ def make_report(paths: Sequence[Path], out: Path, *, threshold: float = 0.5) -> 
             f"no run directories below {', '.join(map(str, paths))}; a run directory holds "
             f"{record.SUMMARY} or {record.CONFIG}."
         )
-    out = Path(out)
+    out = default_out(paths) if out is None else Path(out)
     _check_out(out)
     log.info("report runs=%d out=%s", len(found), out)
 
@@ -151,6 +163,8 @@ def _figures(runs, summary, aggregate, colors):
 
 
 def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out={out} is a file; give a folder for the report, e.g. report/.")
     resolved = out.resolve()
     for folder in (resolved, *resolved.parents):
         if record.is_run_dir(folder):

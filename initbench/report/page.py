@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import math
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -121,11 +122,14 @@ def build(
         )
 
     page.heading("Runs")
+    below = _common_folder(summary["path"]) if len(summary) > 1 else ""
+    if below:
+        page.text(f"Paths below `{below}`.")
     unfinished = summary[~summary["status"].isin(("completed",))] if len(summary) else summary
     if len(unfinished):
         page.text("Runs that did not complete:")
-        page.table(_run_rows(unfinished))
-    page.table(_run_rows(summary), folded=f"Every run ({len(summary)})")
+        page.table(_run_rows(unfinished, below))
+    page.table(_run_rows(summary, below), folded=f"Every run ({len(summary)})")
     return page
 
 
@@ -196,14 +200,25 @@ def _estimate(row: pd.Series, figure: str, scale: float, ci: bool = True) -> str
     return text
 
 
-def _run_rows(summary: pd.DataFrame) -> pd.DataFrame:
+def _run_rows(summary: pd.DataFrame, below: str) -> pd.DataFrame:
     columns = ["path", "status", "init", "seed", *summary.attrs.get("varying", [])]
     columns = [column for column in dict.fromkeys(columns) if column in summary]
     frame = summary[columns].map(_cell)
+    if below:
+        frame["path"] = [str(Path(path).relative_to(below)) for path in frame["path"]]
     frame["final acc %"] = summary["final_test_acc"].map(lambda v: _cell(_scaled(v)))
     frame["epochs"] = summary["epochs_completed"].map(_cell)
     frame["note"] = summary["note"].map(_cell)
     return frame
+
+
+def _common_folder(paths: pd.Series) -> str:
+    """The folder every path lies below, or "" when they share none."""
+    try:
+        common = os.path.commonpath(list(paths))
+    except ValueError:  # absolute and relative paths mixed
+        return ""
+    return "" if common in ("", ".", os.sep) or common in set(paths) else common
 
 
 def _scaled(value: Any) -> Any:

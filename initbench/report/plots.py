@@ -10,8 +10,8 @@ Conventions shared by all figures:
 - one colour per initializer label, from :func:`init_colors`, the same in every figure;
 - one row of panels per *setting* (what varies besides the initializer and the seed), so
   that curves of different models or learning rates never share a panel;
-- means over seeds are arithmetic for accuracies and times, geometric for quantities drawn on
-  a log axis (norms, standard deviations, losses), where a band shows the min-max over seeds;
+- means over seeds are arithmetic for accuracies, losses and times, geometric for norms and
+  standard deviations (which span decades); a band shows the min-max over seeds;
 - legends sit outside the axes, to the right, and never cover data.
 """
 
@@ -27,6 +27,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,7 @@ def plot_convergence(curves: pd.DataFrame, colors: Mapping[str, str]) -> Figure 
             for label, of_init in of_setting.groupby("init_label", sort=True):
                 _draw_curves(axis, of_init, value, scale, colors[label], label)
             axis.set_xlabel("epoch")
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
             axis.grid(alpha=0.3)
         loss_axis.set_yscale("log")
         loss_axis.set_ylabel("train loss (log scale)")
@@ -507,7 +509,8 @@ def plot_ranking(
 ) -> Figure | None:
     """Which initializer ends best? Final test accuracy per configuration: each counted run
     as a small dot (a cross if it diverged), the mean as a large dot, the 95% t-interval of the
-    mean as a bar (none with a single run), best at the top."""
+    mean as a bar (none with a single run), best at the top; mean and interval also as numbers
+    to the right."""
     if aggregate.empty or aggregate["final_test_acc_n"].sum() == 0:
         return None
     groups = aggregate[aggregate["final_test_acc_n"] > 0].copy()
@@ -515,7 +518,7 @@ def plot_ranking(
     groups = groups.sort_values("final_test_acc_mean", ascending=True, kind="stable")
     counted = summary[summary["in_aggregate"]].copy()
     counted["label"] = _group_label(counted)
-    figure = Figure(figsize=(8.5, 1.2 + 0.38 * len(groups)), layout="constrained")
+    figure = Figure(figsize=(9.5, 1.2 + 0.38 * len(groups)), layout="constrained")
     axis = figure.subplots()
     for y, group in enumerate(groups.itertuples()):
         color = colors[group.init_label]
@@ -547,7 +550,19 @@ def plot_ranking(
                 capsize=4,
                 zorder=3,
             )
-        axis.plot(mean, y, "o", color=color, ms=9, mec="white", zorder=4, label=group.init_label)
+        axis.plot(mean, y, "o", color=color, ms=8, mec="white", zorder=4, label=group.init_label)
+        # the numbers, at the right edge: close means overlap on any scale that fits them all
+        interval = f"  [{low * 100:.1f}, {high * 100:.1f}]" if np.isfinite(low) else ""
+        axis.annotate(
+            f"{mean:.1f}{interval}",
+            (1.0, y),
+            xycoords=("axes fraction", "data"),
+            xytext=(6, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize="small",
+            color="0.2",
+        )
     axis.set_yticks(
         range(len(groups)),
         [f"{g.label}  (n={int(g.final_test_acc_n)})" for g in groups.itertuples()],

@@ -756,13 +756,15 @@ def layer_moments(runs: Runs, summary: pd.DataFrame) -> pd.DataFrame:
 
 def representative_histograms(runs: Runs, summary: pd.DataFrame) -> pd.DataFrame:
     """Histograms of three layers (the first, the middle and the last) at initialization and
-    after training, from one run per initializer and setting: its finished run with the
-    lowest seed. Only those runs' histograms.csv is read."""
+    after training, from one run per initializer and setting: its completed run with the
+    lowest seed (a diverged one when none completed). Only those runs' histograms.csv is
+    read."""
     chosen = summary[summary["in_aggregate"]].copy()
     if chosen.empty:
         return pd.DataFrame()
+    chosen["_diverged"] = chosen["status"] != "completed"
     chosen["_seed"] = pd.to_numeric(chosen["seed"], errors="coerce")
-    chosen = chosen.sort_values(["_seed", "path"])
+    chosen = chosen.sort_values(["_diverged", "_seed", "path"])
     frames = []
     for _, row in chosen.groupby(["setting", "init_label"], sort=False).head(1).iterrows():
         run = runs.by_path[row["path"]]
