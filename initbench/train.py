@@ -614,11 +614,13 @@ class Trainer:
         return {"test_loss": (loss_sum / count).item(), "test_acc": correct.item() / count}
 
     def diverge(self, value: float) -> None:
+        # the diagnostics know the first non-finite step, often before the one that noticed
         self.divergence = {"step": self.step, "epoch": self.epoch, "loss": value,
-                           **self.diagnostics.locate_divergence()}  # fmt: skip
-        log.warning("diverged: training loss is %s at step %d (epoch %d); first non-finite "
-                    "layer: %s", value, self.step, self.epoch + 1,
-                    self.divergence.get("layer"))  # fmt: skip
+                           **self.diagnostics.locate_divergence(),
+                           "noticed_at_step": self.step}  # fmt: skip
+        log.warning("diverged: training loss is %s at step %d; first non-finite at step %s "
+                    "(cause=%s), layer: %s", value, self.step, self.divergence["step"],
+                    self.divergence.get("cause"), self.divergence.get("layer"))  # fmt: skip
         self.finish("diverged")
 
     # --- output -------------------------------------------------------------------------

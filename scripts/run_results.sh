@@ -7,8 +7,8 @@
 #
 # What runs: experiment=convergence, i.e. the small CNN under xavier_uniform, xavier_normal,
 # kaiming_uniform, kaiming_normal, orthogonal and uniform(+-0.01), Adam at 1e-3, seeds 0, 1, 2:
-# 18 runs. Budget for a 2-core CPU without a GPU: each run trains on TRAIN_SUBSET (10,000,
-# class-balanced: 1,000 per class) of the 50,000 training images for EPOCHS (4) epochs, with
+# 18 runs. Budget for a 2-core CPU without a GPU: each run trains on TRAIN_SUBSET (5,000,
+# class-balanced: 500 per class) of the 50,000 training images for EPOCHS (4) epochs, with
 # the usual augmentation, and is evaluated on the full 10,000-image test set after every
 # epoch. JOBS (2) runs at a time through hydra/launcher=parallel, one CPU thread each. About
 # 15-20 minutes on 2 otherwise idle cores.
@@ -21,7 +21,7 @@ set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 data=$(realpath -m "${DATA:-$repo/../shared/data/cifar10-jpeg.tar.gz}")
 out=${OUT:-$repo/results/convergence}
-train_subset=${TRAIN_SUBSET:-10000}
+train_subset=${TRAIN_SUBSET:-5000}
 epochs=${EPOCHS:-4}
 jobs=${JOBS:-2}
 
