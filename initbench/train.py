@@ -72,8 +72,9 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
 
 def use_channels_last(requested: bool, device: torch.device, is_convolutional: bool) -> bool:
     """Whether model and inputs go channels-last (NHWC): only convolutional models on CUDA,
-    where cuDNN's NHWC kernels (tensor cores under bf16) are the fast ones. On the CPU the
-    default layout is as fast or faster, and a model of linear layers gains nothing."""
+    where cuDNN's fastest kernels (tensor cores under bf16) want that layout. Elsewhere it stays
+    off: on the CPU the gain depends on the model and oneDNN and has not been measured for these
+    models, and a model of linear layers has nothing to gain."""
     return bool(requested) and device.type == "cuda" and bool(is_convolutional)
 
 

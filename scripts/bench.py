@@ -414,11 +414,12 @@ def main() -> int:
             for name in METHODS[shift:] + METHODS[:shift]:
                 took, cpu_took, peak = timed(methods[name], steps, device)
                 seconds[name].append(took)
-                cpu[name].append(cpu_took / took)
+                cpu[name].append(cpu_took)
                 peaks[name] = max(peaks[name], peak)
         runner.close_tables()
         quiet.close_tables()
 
+    print(f"load average at the end (1, 5, 15 min): {load_average()}")
     report(seconds, cpu, peaks, steps * args.batch_size, steps, device)
     return 0
 
@@ -431,9 +432,10 @@ def report(seconds, cpu, peaks, images: int, steps: int, device: torch.device) -
     for name in METHODS:
         rates = [images / s for s in seconds[name]]
         spread = f"{min(rates):.1f}-{max(rates):.1f}"
+        share = statistics.median(c / w for c, w in zip(cpu[name], seconds[name], strict=True))
         print(f"{name:<24} {statistics.median(rates):>9.1f} {spread:>20} "
-              f"{1000 * statistics.median(seconds[name]) / steps:>8.2f} "
-              f"{statistics.median(cpu[name]):>8.2f} {peaks[name]:>15.0f}")  # fmt: skip
+              f"{1000 * statistics.median(seconds[name]) / steps:>8.2f} {share:>8.2f} "
+              f"{peaks[name]:>15.0f}")  # fmt: skip
     print(
         "(images/s and ms/step: medians over rounds; cpu/wall: CPU seconds of this process per "
         "second, below the thread count when other processes took the cores)"
@@ -449,12 +451,27 @@ def report(seconds, cpu, peaks, images: int, steps: int, device: torch.device) -
             best = min(seconds[other]) / min(seconds[name])  # each at its least disturbed
             ratios[f"{label}runner/{other}"] = statistics.median(paired)
             rounds = " ".join(f"{value:.2f}" for value in paired)
-            print(f"{label + 'runner/' + other:<32} per round: {rounds}; "
-                  f"mean {statistics.fmean(paired):.3f}, fastest chunks {best:.3f}")  # fmt: skip
+            line = (f"{label + 'runner/' + other:<32} per round: {rounds}; "
+                    f"mean {statistics.fmean(paired):.3f}, fastest chunks {best:.3f}")  # fmt: skip
+            if other == "floor":
+                # Both run in this process alone: their CPU time is the work done, whatever
+                # share of the cores other processes took (the classic loop's workers are other
+                # processes, so it has no such figure).
+                by_cpu = [theirs / ours for ours, theirs in
+                          zip(cpu[name], cpu[other], strict=True)]  # fmt: skip
+                line += f", by CPU time {statistics.median(by_cpu):.3f}"
+            print(line)
     print(
         f"ratios (median of {len(paired)} paired rounds): "
         + " ".join(f"{label}={value:.3f}" for label, value in ratios.items())
     )
+
+
+def load_average() -> str:
+    # the other processes' share of this machine, for reading the figures
+    with contextlib.suppress(OSError, AttributeError):
+        return " ".join(f"{value:.1f}" for value in os.getloadavg())
+    return "n/a"
 
 
 def print_header(args, trainer, device, threads, steps, rounds, warmup) -> None:
@@ -472,6 +489,7 @@ def print_header(args, trainer, device, threads, steps, rounds, warmup) -> None:
         f"steps; classic: transforms {args.transforms}, DataLoader num_workers={args.workers} "
         f"(1 thread each), {args.classic_warmup} untimed steps per chunk"
     )
+    print(f"       load average at the start (1, 5, 15 min): {load_average()}")
 
 
 if __name__ == "__main__":

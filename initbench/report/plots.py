@@ -568,8 +568,11 @@ def plot_ranking(
         [f"{g.label}  (n={int(g.final_test_acc_n)})" for g in groups.itertuples()],
     )
     axis.set_xlabel("final test accuracy (%)")
-    # the data, not an interval that runs past 0 or 100%, sets the range
-    shown = counted["final_test_acc"].astype(float) * 100
+    # the runs and their intervals set the range, cut at 0 and 100% (a t-interval of three
+    # seeds can run past either)
+    bounds = [groups[c].astype(float) * 100 for c in
+              ("final_test_acc_ci95_low", "final_test_acc_ci95_high")]  # fmt: skip
+    shown = pd.concat([counted["final_test_acc"].astype(float) * 100, *bounds]).clip(0, 100)
     shown = shown[np.isfinite(shown)]
     if len(shown):
         margin = max(1.0, 0.05 * (shown.max() - shown.min()))
