@@ -30,8 +30,12 @@ def run_dirs(root: Path) -> list[Path]:
 
 
 # initializers made for one kind of model are checked on that kind
-MODEL_FOR_INIT = {"fixup": ["model=resnet", "model.norm=none"], "irnn": ["model=lstm"],
-                  "recurrent": ["model=lstm"], "delta_orthogonal": ["model=plain_cnn"]}
+MODEL_FOR_INIT = {
+    "fixup": ["model=resnet", "model.norm=none"],
+    "irnn": ["model=lstm"],
+    "recurrent": ["model=lstm"],
+    "delta_orthogonal": ["model=plain_cnn"],
+}
 
 
 @pytest.mark.parametrize("group", ["model", "init", "optimizer", "data"])
@@ -57,7 +61,7 @@ def test_group_swap_and_single_value_override():
 def test_help_lists_groups_and_choices():
     result = invoke("run", "--help")
     assert result.exit_code == 0
-    for group, choices in group_choices().items():
+    for group in group_choices():
         assert group in result.output
     assert "kaiming_normal" in result.output and "resnet" in result.output
 
@@ -184,8 +188,16 @@ def test_rerunning_a_sweep_skips_finished_runs(workdir):
 
 def test_probe_sweep_writes_a_table_per_run_and_one_figure(workdir):
     sweep_dir = workdir / "probe"
-    result = invoke("probe", "-m", "init=xavier,kaiming", "model=mlp", "model.depth=6",
-                    "model.width=32", "data=synthetic", f"hydra.sweep.dir={sweep_dir}")
+    result = invoke(
+        "probe",
+        "-m",
+        "init=xavier,kaiming",
+        "model=mlp",
+        "model.depth=6",
+        "model.width=32",
+        "data=synthetic",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
     assert result.exit_code == 0, result.output
     runs = run_dirs(sweep_dir)
     assert len(runs) == 2
