@@ -103,6 +103,10 @@ def check(overrides: list[str], multirun: bool) -> int:
         _validate(cfg, overrides)
         _check_writable(OmegaConf.select(cfg, "hydra.run.dir"))
         _check_not_taken(cfg, OmegaConf.select(cfg, "hydra.run.dir"))
+        if OmegaConf.select(cfg, "hydra.sweeper.params"):
+            log.warning("this config defines a sweep (hydra.sweeper.params, e.g. from an "
+                        "experiment preset) but -m was not given: running its single default "
+                        "run only; add -m to run the whole sweep")  # fmt: skip
         _check_data(cfg)
         return 1
     plain = [o.input_line for o in parsed if not o.is_sweep_override()]
@@ -115,13 +119,36 @@ def check(overrides: list[str], multirun: bool) -> int:
             _validate(compose_config(combination), combination)
         return int(OmegaConf.select(base, "hydra.sweeper.n_trials") or 1)
     combinations = sweep_combinations(overrides, base)
+    _check_distinct_directories(combinations, base)
+    rerun = Path(OmegaConf.select(base, "hydra.sweep.dir")).exists()
     for combination in combinations[:MAX_CHECKED_COMBINATIONS]:
         cfg = compose_config(combination)
         _validate(cfg, combination)
-        if cfg.resume == "never":  # where Hydra will put this run: <sweep dir>/<subdir>
+        if cfg.resume == "never" or rerun:  # where Hydra will put this run: <sweep dir>/<subdir>
             job = compose_config(combination, hydra_node=True).hydra.sweep
             _check_not_taken(cfg, str(Path(job.dir) / job.subdir))
     return len(combinations)
+
+
+def _check_distinct_directories(combinations: list[list[str]], base: DictConfig) -> None:
+    """Refuse a sweep over a key that run directory names leave out (data.root, threads, ...):
+    its runs would share one directory and overwrite each other."""
+    excluded = set(OmegaConf.select(base, "hydra.job.config.override_dirname.exclude_keys") or [])
+    names: dict[tuple[str, ...], list[str]] = {}
+    for combination in combinations:
+        kept = tuple(sorted(o for o in combination if o.split("=", 1)[0].lstrip("+~") not in
+                            excluded))  # fmt: skip
+        names.setdefault(kept, []).append(" ".join(combination))
+    clashes = [runs for runs in names.values() if len(runs) > 1]
+    if clashes:
+        swept = sorted({o.split("=", 1)[0] for runs in clashes for run in runs
+                        for o in run.split()} & excluded)  # fmt: skip
+        raise UsageError(
+            f"sweeping {', '.join(swept) or 'these keys'} would put several runs in one "
+            f"directory: run directory names leave out {', '.join(sorted(excluded))}, so that a "
+            "sweep can be resumed from another machine or data copy. Run one sweep per value, "
+            "each with its own hydra.sweep.dir."
+        )
 
 
 def _validate(cfg: DictConfig, overrides: list[str]) -> None:
@@ -148,13 +175,24 @@ def _check_writable(directory: str | None) -> None:
 
 
 def _check_not_taken(cfg: DictConfig, directory: str | None) -> None:
-    """resume=never: refuse here, before Hydra writes its .hydra/ copies into an earlier run."""
-    if cfg.resume != "never" or not directory:
+    """Refuse here, before Hydra writes its .hydra/ copies into an earlier run: resume=never
+    into any run, and resume=auto into a run made with another configuration."""
+    if cfg.resume == "force" or not directory:
         return
     path = Path(directory).absolute()
     summary = record.read_summary(path)
     if summary is not None or (path / "metrics.csv").exists():
         status = (summary or {}).get("status", "unknown")
+        run_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        differences = record.config_differences(
+            path, OmegaConf.to_container(run_cfg, resolve=True)
+        )
+        if differences:
+            from initbench.train import different_run_message
+
+            raise UsageError(different_run_message(path, status, differences))
+        if cfg.resume != "never":
+            return
         raise UsageError(
             f"{path} already holds a run (status {status}); resume=never refuses to touch it. "
             "Choose another hydra.run.dir (hydra.sweep.dir for -m), or resume=auto to continue "

@@ -132,6 +132,10 @@ def _launch(ctx: typer.Context, multirun: bool, task, force: bool = False) -> No
         overrides = [o for o in overrides if not o.startswith("resume=")] + ["resume=force"]
     custom_configs = any(flag.startswith(("--config", "-c")) and flag not in ("-c", "--cfg")
                          for flag in flags)  # fmt: skip
+    if multirun and any(flag in HYDRA_INFO_FLAGS for flag in flags):
+        _fail("--cfg, --info and --resolve show one composed config, not a sweep: drop -m and the "
+              "comma lists (e.g. initbench run experiment=convergence --cfg job shows the first "
+              "run's config).")  # fmt: skip
     if not custom_configs:
         try:
             count = hydra_app.check(overrides, multirun)
@@ -234,8 +238,11 @@ def report(
         _fail(f"--threshold {threshold} must be an accuracy in (0, 1], e.g. 0.5.")
     try:
         result = make_report(paths, out, threshold=threshold)
-    except (ValueError, FileExistsError) as error:
+    except ValueError as error:
         _fail(str(error))
+    except OSError as error:
+        _fail(f"cannot write the report: {error}. Choose an --out folder that can be created "
+              "and written.")  # fmt: skip
     typer.echo(f"initbench: report of {result['runs']} run(s) in {result['page']}", err=True)
 
 

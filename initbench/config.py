@@ -207,7 +207,13 @@ def validate(cfg: DictConfig) -> None:
 
     opt = cfg.optimizer
     _one_of("optimizer.name", opt.name, ("sgd", "adam", "adamw", "rmsprop"))
-    _require(opt.lr > 0, f"optimizer.lr={opt.lr} must be a positive number, e.g. 0.01.")
+    _require(
+        0 < opt.lr < float("inf"), f"optimizer.lr={opt.lr} must be a positive number, e.g. 0.01."
+    )
+    _require(
+        len(opt.betas) == 2 and all(0 <= beta < 1 for beta in opt.betas),
+        f"optimizer.betas={list(opt.betas)} must be two numbers in [0, 1), e.g. [0.9,0.999].",
+    )
     _require(opt.weight_decay >= 0, f"optimizer.weight_decay={opt.weight_decay} must be >= 0.")
     _require(0 <= opt.momentum < 1, f"optimizer.momentum={opt.momentum} must be in [0, 1).")
     _one_of("optimizer.schedule", opt.schedule, ("none", "cosine", "step"))
@@ -238,6 +244,13 @@ def validate(cfg: DictConfig) -> None:
         train.device in ("auto", "cpu", "cuda", "mps") or str(train.device).startswith("cuda:"),
         f"train.device={train.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps.",
     )
+    if str(train.device).startswith("cuda") or train.device == "mps":
+        import torch
+
+        available = (torch.cuda.is_available() if train.device != "mps"
+                     else torch.backends.mps.is_available())  # fmt: skip
+        _require(available, f"train.device={train.device} but this machine has no such device; "
+                 "use train.device=auto (CUDA, then MPS, then CPU) or cpu.")  # fmt: skip
     _require(train.threads is None or train.threads >= 1, "train.threads must be >= 1 or null.")
 
     diag = cfg.diagnostics

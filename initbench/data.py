@@ -225,6 +225,9 @@ def source_kind(root: Path, download: bool) -> str:
             f"data.root={root} has a {splits[0]}/ folder but no {other}/ folder; a local copy "
             "needs both, as train/<class>/*.jpg and test/<class>/*.jpg."
         )
+    if not root.exists() and root.name.endswith((".tar.gz", ".tgz", ".tar")):
+        # a path to an archive that is not there is a typo, not a folder to download into
+        raise DataError(_missing_message(root, "no such archive"))
     if (root / "cifar-10-batches-py").is_dir() or download:
         return "torchvision"
     reason = "data.download=false" if root.exists() else "no such file or folder"
@@ -403,8 +406,11 @@ def _decode(data: bytes, name: str) -> torch.Tensor:
     try:
         with Image.open(io.BytesIO(data)) as image:
             pixels = numpy.array(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise DataError(f"cannot decode image {name}: {error}. Replace or remove it.") from error
+    except UnidentifiedImageError:
+        raise DataError(f"cannot decode image {name}: not a readable image file. Replace or "
+                        "remove it.") from None  # fmt: skip
+    except (OSError, ValueError) as error:
+        raise DataError(f"cannot decode image {name}: {error}. Replace or remove it.") from None
     if pixels.shape != (32, 32, 3):
         raise DataError(
             f"image {name} is {pixels.shape[1]}x{pixels.shape[0]} pixels; CIFAR-10 images are "

@@ -72,11 +72,16 @@ STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
 FINISHED = ("completed", "diverged")
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never half."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -164,6 +169,37 @@ def truncate_table(path: Path, keep: int, key: str, columns: list[str]) -> None:
     writer.writeheader()  # the same dialect as TableWriter, so appended rows match
     writer.writerows(rows)
     atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+# Keys that say how a run executes, not what it computes: they may change between an
+# interrupted run and its resumption (another machine, another copy of the data).
+EXECUTION_KEYS = ("resume", "train.progress", "train.threads", "train.device", "train.checkpoint",
+                  "data.root", "data.cache_dir", "data.download")  # fmt: skip
+
+
+def config_differences(run_dir: Path, config: Mapping[str, Any]) -> list[str]:
+    """The settings (dotted keys) in which ``config`` differs from the run recorded in
+    ``run_dir``, execution keys aside; empty when they agree or nothing is recorded."""
+    import yaml
+
+    path = Path(run_dir) / CONFIG
+    try:
+        recorded = yaml.safe_load(path.read_text()) or {}
+    except (FileNotFoundError, yaml.YAMLError):
+        return []
+
+    def flat(mapping, prefix=""):
+        out = {}
+        for key, value in mapping.items():
+            if isinstance(value, Mapping):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    old, new = flat(recorded), flat(config)
+    return sorted(key for key in old.keys() | new.keys()
+                  if key not in EXECUTION_KEYS and old.get(key) != new.get(key))  # fmt: skip
 
 
 def is_run_dir(path: Path) -> bool:

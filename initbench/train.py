@@ -148,17 +148,23 @@ def make_schedule(optimizer, opt_cfg, steps_per_epoch: int, total_steps: int):
 # ----------------------------------------------------------------------------- the run directory
 
 
-def prepare_run_dir(run_dir: Path, mode: str) -> tuple[str, dict | None]:
+def prepare_run_dir(run_dir: Path, mode: str, cfg: DictConfig | None = None
+                    ) -> tuple[str, dict | None]:  # fmt: skip
     """Decide what to do with ``run_dir``: "fresh", "resume" or "skip".
 
     A finished run is never overwritten: with ``resume=force`` its files move to a
-    ``_previous-<time>/`` folder inside the directory first.
+    ``_previous-<time>/`` folder inside the directory first. A directory whose run was made
+    with another configuration is refused rather than skipped or resumed.
     """
     summary = record.read_summary(run_dir)
     has_results = summary is not None or (run_dir / "metrics.csv").exists()
     if not has_results:
         return "fresh", None
     status = (summary or {}).get("status", "unknown")
+    differences = [] if cfg is None else record.config_differences(
+        run_dir, OmegaConf.to_container(cfg, resolve=True))  # fmt: skip
+    if differences and mode != "force":
+        raise RunDirTaken(different_run_message(run_dir, status, differences))
     if mode == "never":
         raise RunDirTaken(
             f"{run_dir} already holds a run (status {status}); resume=never refuses to touch it. "
@@ -174,6 +180,15 @@ def prepare_run_dir(run_dir: Path, mode: str) -> tuple[str, dict | None]:
         return "resume", summary
     _move_aside(run_dir)  # started but never reached an epoch end: keep its files, start again
     return "fresh", None
+
+
+def different_run_message(run_dir: Path, status: str, differences: list[str]) -> str:
+    shown = ", ".join(differences[:8]) + (", ..." if len(differences) > 8 else "")
+    return (
+        f"{run_dir} holds a run (status {status}) made with another configuration (differs in "
+        f"{shown}); it is neither skipped nor resumed. Choose another hydra.run.dir, or "
+        "resume=force to start again there (the old files are kept in a _previous-* folder)."
+    )
 
 
 def _move_aside(run_dir: Path) -> None:
@@ -285,7 +300,7 @@ def run(cfg: DictConfig, run_dir: Path | str | None = None) -> dict[str, Any]:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with exclusive(run_dir):
-        action, summary = prepare_run_dir(run_dir, cfg.resume)
+        action, summary = prepare_run_dir(run_dir, cfg.resume, cfg)
         if action == "skip":
             log.info("%s already %s; skipped (resume=force runs it again)", run_dir,
                      summary["status"])  # fmt: skip
@@ -320,7 +335,12 @@ class Trainer:
             except BaseException as error:
                 status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
                 self.finish(status, error=f"{type(error).__name__}: {error}")
-                if status == "failed":
+                from initbench.config import ConfigError
+                from initbench.data import DataError
+
+                if isinstance(error, (ConfigError, DataError)):  # the message says it all
+                    log.error("run failed: %s", error)
+                elif status == "failed":
                     log.error("run failed: %s\n%s", error, traceback.format_exc())
                 raise
             finally:

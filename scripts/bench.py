@@ -1,6 +1,7 @@
 """Training throughput on CIFAR-10: the bare step, initbench's runner, and the classic loop.
 
-    python scripts/bench.py --model cnn                  # about 4 minutes on 2 busy CPU cores
+    python scripts/bench.py --model cnn                  # 2-7 minutes on 2 shared CPU cores
+    python scripts/bench.py --model cnn --threads 1      # steadier when other processes run
     python scripts/bench.py --model resnet --memory-steps 0
     python scripts/bench.py --model cnn --device cuda    # scripts/gpu_check.sh runs this
 
@@ -32,7 +33,12 @@ set of this process, whose high-water mark is reset before each chunk), and the 
 set of a real ``initbench run model=cnn`` on the same data (``--memory-steps`` steps, then the
 evaluation and the epoch-end diagnostics), read from the kernel's accounting of that child.
 
-The last line holds the ratios ``runner/floor`` and ``runner/classic``.
+The last line holds the ratios ``runner/floor`` and ``runner/classic``. On a CPU that other
+processes share, two threads of one parallel region wait for each other whenever one of them
+is descheduled, and step times jump many-fold from one second to the next; the table's
+``cpu/wall`` column and the load averages show how much of the machine the bench had, and a
+warning says when the figures are not to be trusted. One thread (``--threads 1``) is far
+steadier there.
 """
 
 from __future__ import annotations
@@ -426,6 +432,7 @@ def main() -> int:
 
 def report(seconds, cpu, peaks, images: int, steps: int, device: torch.device) -> None:
     """The table per method, the paired ratios per round, and the last line."""
+    threads = torch.get_num_threads()
     memory = "peak MiB alloc" if device.type == "cuda" else "peak MiB RSS"
     print(f"{'method':<24} {'images/s':>9} {'min-max over rounds':>20} {'ms/step':>8} "
           f"{'cpu/wall':>8} {memory:>15}")  # fmt: skip
@@ -440,6 +447,13 @@ def report(seconds, cpu, peaks, images: int, steps: int, device: torch.device) -
         "(images/s and ms/step: medians over rounds; cpu/wall: CPU seconds of this process per "
         "second, below the thread count when other processes took the cores)"
     )
+    share = statistics.median(c / w for c, w in zip(cpu["floor"], seconds["floor"], strict=True))
+    if device.type == "cpu" and share < 0.8 * threads:
+        # Threads of one parallel region wait for each other: when another process holds a
+        # core, every region can wait a whole time slice, and step times jump many-fold.
+        print(f"warning: the floor got {share:.2f} CPU-seconds per second of its {threads} "
+              "threads: other processes held the cores, so the wall-clock figures are noisy "
+              "(--threads 1 or a quiet machine gives steadier ones)")  # fmt: skip
 
     quiet = "runner, diagnostics off"
     ratios = {}

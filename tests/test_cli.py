@@ -43,8 +43,9 @@ def test_every_choice_composes_and_validates(group):
     choices = group_choices()[group]
     assert choices, group
     for choice in choices:
-        extra = MODEL_FOR_INIT.get(choice, []) if group == "init" else []
-        cfg = compose_config([f"{group}={choice}", *extra])
+        cfg = compose_config([f"{group}={choice}"])
+        if group == "init":  # an alias composes to its initializer's own name
+            cfg = compose_config([f"{group}={choice}", *MODEL_FOR_INIT.get(cfg.init.name, [])])
         validate(cfg)
         assert cfg[group].name
 

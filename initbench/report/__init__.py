@@ -86,7 +86,13 @@ def make_report(
     drawn, skipped = {}, {}
     for name, draw, reason in _figures(runs, summary, aggregate, colors):
         target = out / FIGURE_FOLDER / f"{name}.png"
-        figure = draw()
+        try:
+            figure = draw()
+        except Exception as error:  # one figure's defect must not cost the rest of the report
+            log.error("report figure=%s failed: %s: %s", name, type(error).__name__, error)
+            skipped[name] = f"could not be drawn ({type(error).__name__}: {error})"
+            target.unlink(missing_ok=True)
+            continue
         if figure is None:
             skipped[name] = reason
             target.unlink(missing_ok=True)  # a figure of an earlier report, now without data

@@ -38,7 +38,7 @@ FIGURE_CAPTIONS = {
     "initializer (one run each, its lowest finished seed): at initialization (filled) and "
     "after training (line).",
     "histograms_activation": "Activation histograms of the first, middle and last layer, as "
-    "above (pre-activation outputs; after tanh/sigmoid for saturating nonlinearities).",
+    "above (each layer's output after its nonlinearity; the classifier's logits).",
     "signal_propagation": "Does the signal survive the depth at initialization? Activation std "
     "(forward) and gradient std (backward) per layer from probe runs; geometric mean over "
     "finished seeds.",

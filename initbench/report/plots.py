@@ -287,12 +287,13 @@ def plot_gradient_flow(flow: pd.DataFrame, colors: Mapping[str, str]) -> Figure 
             axis.set_yscale("log")
             axis.grid(alpha=0.3, which="major")
             steps = sorted(at["step"].dropna().unique())
-            when = (
-                f"step {int(steps[0])}"
-                if len(steps) == 1
-                else f"steps {int(steps[0])}–{int(steps[-1])}"
-            )
-            _row_title(axis, setting, f"{point.capitalize()} ({when})" if steps else point)
+            if not steps:  # a run with no row at this point (e.g. stopped at step 0)
+                when = "no data"
+            elif len(steps) == 1:
+                when = f"step {int(steps[0])}"
+            else:
+                when = f"steps {int(steps[0])}–{int(steps[-1])}"
+            _row_title(axis, setting, f"{point.capitalize()} ({when})")
             axis.set_xlabel("layer (input → output)")
             _depth_axis(axis, at)
             if column == 0:
