@@ -403,7 +403,13 @@ class Trainer:
 
         base_dir = HydraConfig.get().runtime.cwd if HydraConfig.initialized() else os.getcwd()
         dataset: Dataset = load_dataset(self.cfg.data, base_dir)
-        self.mean, self.std = (t.to(self.device) for t in dataset.channel_stats())
+        if self.cfg.data.normalize:
+            self.mean, self.std = (t.to(self.device) for t in dataset.channel_stats())
+        else:  # pixels on the 0..1 scale, as they are
+            self.mean, self.std = (
+                torch.zeros(3, device=self.device),
+                torch.ones(3, device=self.device),
+            )
         self.data = dataset.to(self.device)
         self.summary.update(data_source=dataset.source, train_images=len(dataset.train_labels),
                             test_images=len(dataset.test_labels))  # fmt: skip
