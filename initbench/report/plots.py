@@ -205,7 +205,10 @@ def _draw_curves(
     completed = points[points["status"] == "completed"]
     if len(completed):
         stats = completed.groupby("epoch")[value].agg(["mean", "min", "max"]).sort_index()
-        axis.plot(stats.index, stats["mean"] * scale, color=color, lw=1.8, label=label)
+        # with few epochs a line alone can be a single invisible point: mark each epoch
+        marker = "o" if len(stats) <= 12 else None
+        axis.plot(stats.index, stats["mean"] * scale, color=color, lw=1.8, label=label,
+                  marker=marker, ms=4)  # fmt: skip
         if completed["path"].nunique() > 1:
             axis.fill_between(
                 stats.index,
