@@ -171,15 +171,35 @@ def truncate_table(path: Path, keep: int, key: str, columns: list[str]) -> None:
     atomic_write_bytes(path, buffer.getvalue().encode())
 
 
-# Keys that say how a run executes, not what it computes: they may change between an
-# interrupted run and its resumption (another machine, another copy of the data).
-EXECUTION_KEYS = ("resume", "train.progress", "train.threads", "train.device", "train.checkpoint",
-                  "data.root", "data.cache_dir", "data.download")  # fmt: skip
+# Keys that change how a run is executed, not what it computes: they never split a group of
+# runs in a report.
+EXECUTION_KEYS = frozenset({
+    "resume", "train.progress", "train.threads", "train.checkpoint",
+    "data.root", "data.cache_dir", "data.download",
+})  # fmt: skip
+# What may change between an interrupted run and its resumption (another machine, another copy
+# of the data) without making it another run.
+RESUMABLE_CHANGES = EXECUTION_KEYS | {"train.device"}
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"name": "mlp"}}`` -> ``{"model.name": "mlp"}``. Lists become JSON text, so
+    that every value can be compared and grouped on."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, (list, tuple, Mapping)):
+            flat[name] = json.dumps(value)
+        else:
+            flat[name] = value
+    return flat
 
 
 def config_differences(run_dir: Path, config: Mapping[str, Any]) -> list[str]:
     """The settings (dotted keys) in which ``config`` differs from the run recorded in
-    ``run_dir``, execution keys aside; empty when they agree or nothing is recorded."""
+    ``run_dir``, resumable changes aside; empty when they agree or nothing is recorded."""
     import yaml
 
     path = Path(run_dir) / CONFIG
@@ -187,19 +207,9 @@ def config_differences(run_dir: Path, config: Mapping[str, Any]) -> list[str]:
         recorded = yaml.safe_load(path.read_text()) or {}
     except (FileNotFoundError, yaml.YAMLError):
         return []
-
-    def flat(mapping, prefix=""):
-        out = {}
-        for key, value in mapping.items():
-            if isinstance(value, Mapping):
-                out.update(flat(value, f"{prefix}{key}."))
-            else:
-                out[f"{prefix}{key}"] = value
-        return out
-
-    old, new = flat(recorded), flat(config)
+    old, new = flatten(recorded), flatten(config)
     return sorted(key for key in old.keys() | new.keys()
-                  if key not in EXECUTION_KEYS and old.get(key) != new.get(key))  # fmt: skip
+                  if key not in RESUMABLE_CHANGES and old.get(key) != new.get(key))  # fmt: skip
 
 
 def is_run_dir(path: Path) -> bool:

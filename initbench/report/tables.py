@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import logging
 import math
 import re
@@ -47,18 +46,6 @@ IDENTITY = (
     ("optimizer", "optimizer.name"),
     ("lr", "optimizer.lr"),
     ("seed", "seed"),
-)
-# Keys that change how a run is executed, not what it computes; they never split a group.
-EXECUTION_KEYS = frozenset(
-    {
-        "resume",
-        "train.progress",
-        "train.threads",
-        "train.checkpoint",
-        "data.root",
-        "data.cache_dir",
-        "data.download",
-    }
 )
 # The figures aggregate.csv summarizes, in this order.
 FIGURES = (
@@ -135,21 +122,6 @@ def _empty(columns: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame({column: pd.Series(dtype=float) for column in columns})
 
 
-def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"model": {"name": "mlp"}}`` -> ``{"model.name": "mlp"}``. Lists become JSON text, so
-    that every value can be compared and grouped on."""
-    flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, f"{name}."))
-        elif isinstance(value, (list, tuple, Mapping)):
-            flat[name] = json.dumps(value)
-        else:
-            flat[name] = value
-    return flat
-
-
 def load_run(path: Path, shown: str) -> Run:
     notes: list[str] = []
     summary_path = path / record.SUMMARY
@@ -167,7 +139,7 @@ def load_run(path: Path, shown: str) -> Run:
     try:
         loaded = yaml.safe_load((path / record.CONFIG).read_text())
         if isinstance(loaded, Mapping):
-            config = flatten(loaded)
+            config = record.flatten(loaded)
         else:
             notes.append("config.yaml is not a mapping")
     except FileNotFoundError:
@@ -265,7 +237,7 @@ def summary_table(runs: Runs, threshold: float) -> pd.DataFrame:
     varying = [
         key
         for key in varying_keys([run.config for run in runs.runs])
-        if key not in EXECUTION_KEYS and key not in dict(IDENTITY).values()
+        if key not in record.EXECUTION_KEYS and key not in dict(IDENTITY).values()
     ]
     rows = []
     for run in runs.runs:
@@ -573,7 +545,7 @@ def _compose(frame: pd.DataFrame, name_column: str, keys: list[str]) -> pd.Serie
 
 
 def _varies_within(frame: pd.DataFrame, key: str, name_column: str | None) -> bool:
-    if key not in frame or key in EXECUTION_KEYS:
+    if key not in frame or key in record.EXECUTION_KEYS:
         return False
     values = _key(frame[key])
     if name_column is None:
