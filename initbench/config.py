@@ -122,7 +122,7 @@ class TrainConfig:
     log_every: int = 20  # steps between rows of steps.csv
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16
-    channels_last: bool = True  # CUDA + convolutional models only
+    channels_last: bool = True  # convolutional models on CUDA and the CPU
     compile: bool = False  # torch.compile the model (CUDA)
     deterministic: bool = False  # deterministic kernels on CUDA (slower)
     threads: int | None = None  # CPU threads; default: all cores, or cores / jobs in a sweep

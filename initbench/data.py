@@ -14,6 +14,7 @@ Sources for ``data=cifar10``, tried in this order for ``data.root``:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -85,10 +86,18 @@ class Dataset:
 # ----------------------------------------------------------------------------- batch transforms
 
 
-def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float, per-channel standardized."""
-    images = images.float().div_(255)
-    return images.sub_(mean.view(1, 3, 1, 1)).div_(std.view(1, 3, 1, 1))
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+              channels_last: bool = False) -> torch.Tensor:  # fmt: skip
+    """uint8 (B, 3, H, W) -> float, per-channel standardized: (x / 255 - mean) / std, as one
+    multiply and one add per element; laid out channels-last if asked.
+
+    The arithmetic is done in the plain layout and the result converted after: a per-channel
+    multiply over a channels-last tensor has 3 elements in its innermost loop, and on the CPU
+    that costs 5x more than the conversion (measured at batch 64: 45 us to normalize, 50 us to
+    convert, 240 us to normalize in channels-last)."""
+    images = images.float().mul_((1 / (255 * std)).view(1, 3, 1, 1))
+    images = images.add_((-mean / std).view(1, 3, 1, 1))
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
 def augment(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
@@ -104,18 +113,34 @@ def augment(images: torch.Tensor, padding: int, generator: torch.Generator) -> t
         return torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
     shift = torch.randint(0, 2 * padding + 1, (2, batch), device=device, generator=generator)
     padded = torch.nn.functional.pad(images, (padding,) * 4)  # (B, C, H + 2p, W + 2p)
-    # Crop and flip in one gather from a flat index, rather than flipping every image, then
-    # gathering rows, then columns: one pass over the batch instead of four (2-4x faster on the
-    # CPU). Flipping the padded image and cropping at column x reads padded columns
-    # (W + 2p - 1 - x) - j for j = 0..W-1, which is what the flipped branch below computes: the
-    # same draws give the same images as flipping first, then cropping.
+    # Crop and flip in one gather, rather than flipping every image, then gathering rows, then
+    # columns: one pass over the batch instead of four. Which pixels of the padded image an
+    # output image reads depends only on its (flip, row offset, column offset): one row of a
+    # table made once, picked per image.
+    offsets = 2 * padding + 1
+    choice = (flip.long() * offsets + shift[0]) * offsets + shift[1]
+    table = _crop_table(padding, height, width, str(device))
+    index = table.index_select(0, choice).view(batch, 1, height * width)
+    return padded.flatten(2).gather(2, index.expand(-1, channels, -1)).view(images.shape)
+
+
+@functools.lru_cache(maxsize=8)
+def _crop_table(padding: int, height: int, width: int, device: str) -> torch.Tensor:
+    """(2 * (2p + 1)^2, H * W) flat indices into a padded (H + 2p, W + 2p) image; row
+    (flip * (2p + 1) + dy) * (2p + 1) + dx reads the crop at (dy, dx), mirrored if flip.
+
+    Flipping the padded image and cropping at column dx reads padded columns
+    (W + 2p - 1 - dx) - j for j = 0..W-1: the same draws give the same images as flipping
+    first, then cropping."""
+    offsets = torch.arange(2 * padding + 1, device=device)
+    flip, dy, dx = torch.meshgrid(torch.arange(2, device=device), offsets, offsets,
+                                  indexing="ij")  # fmt: skip
+    flip, dy, dx = flip.reshape(-1, 1), dy.reshape(-1, 1), dx.reshape(-1, 1)
     column = torch.arange(width, device=device)
-    mirrored = (width - 1 + 2 * padding - shift[1]).view(-1, 1) - column
-    cols = torch.where(flip.view(-1, 1), mirrored, shift[1].view(-1, 1) + column)  # (B, W)
-    rows = shift[0].view(-1, 1) + torch.arange(height, device=device)  # (B, H)
-    flat = rows.view(batch, height, 1) * (width + 2 * padding) + cols.view(batch, 1, width)
-    index = flat.view(batch, 1, height * width).expand(-1, channels, -1)
-    return padded.flatten(2).gather(2, index).view(batch, channels, height, width)
+    cols = torch.where(flip == 1, (width - 1 + 2 * padding - dx) - column, dx + column)
+    rows = dy + torch.arange(height, device=device)
+    flat = rows.unsqueeze(2) * (width + 2 * padding) + cols.unsqueeze(1)  # (N, H, W)
+    return flat.reshape(len(flat), height * width)
 
 
 # ----------------------------------------------------------------------------- sources

@@ -71,11 +71,12 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
 
 
 def use_channels_last(requested: bool, device: torch.device, is_convolutional: bool) -> bool:
-    """Whether model and inputs go channels-last (NHWC): only convolutional models on CUDA,
-    where cuDNN's fastest kernels (tensor cores under bf16) want that layout. Elsewhere it stays
-    off: on the CPU the gain depends on the model and oneDNN and has not been measured for these
-    models, and a model of linear layers has nothing to gain."""
-    return bool(requested) and device.type == "cuda" and bool(is_convolutional)
+    """Whether model and inputs go channels-last (NHWC): convolutional models on CUDA, where
+    cuDNN's fastest kernels (tensor cores under bf16) want that layout, and on the CPU, where
+    oneDNN's do too. Measured on the 2-core CPU, a training step at batch 64 takes 15-25% less
+    time for the CNN, 15-18% for the ResNet and 7% for the plain CNN. Off on other devices
+    (not measured) and for models without convolutions (nothing to gain)."""
+    return bool(requested) and device.type in ("cuda", "cpu") and bool(is_convolutional)
 
 
 def configure_backends(cfg: DictConfig, device: torch.device) -> None:
@@ -88,6 +89,8 @@ def configure_backends(cfg: DictConfig, device: torch.device) -> None:
         # set here, before the model exists, it takes effect (unless an earlier run in this
         # process already used cuBLAS; for a sweep, export it before starting).
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if device.type == "cpu":
+        keep_freed_host_memory()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not deterministic  # autotuning picks kernels by timing
         torch.backends.cudnn.deterministic = deterministic
@@ -98,6 +101,55 @@ def configure_backends(cfg: DictConfig, device: torch.device) -> None:
     # have no deterministic CUDA kernel and would stop the run; both only add exact counts or
     # one contribution per element, so they do not change the result from run to run.
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+# glibc's own environment variables for the same parameters: a user who set one has chosen
+_MALLOC_VARIABLES = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_",
+                     "MALLOC_TOP_PAD_")  # fmt: skip
+_host_memory_kept: bool | None = None
+
+
+def keep_freed_host_memory() -> bool:
+    """Ask the C allocator to keep freed memory for reuse instead of returning it to the kernel.
+
+    A training step on the CPU frees and reallocates the same activation and gradient buffers,
+    megabytes each. glibc's malloc serves blocks above its mmap threshold (128 KiB, raised as
+    blocks are freed, to 32 MiB at most) with a fresh ``mmap`` and gives them back on ``free``,
+    and trims the top of its heap; every step then faults its buffers in again, page by page,
+    and the kernel zeroes each page. Measured on the 2-core CPU with the CNN: 240,000 minor
+    faults per 40 steps at batch 64 and 1,000,000 at batch 256, which cost 10% and 35% of the
+    throughput. With mmap off and trimming off, the faults stop; the resident size stays at its
+    peak, which is no higher than before.
+
+    Process-wide, and applied once. Nothing is changed when the C library is not glibc, or
+    when the user chose these parameters already (``MALLOC_MMAP_MAX_`` and friends,
+    ``GLIBC_TUNABLES`` with malloc settings, or another allocator preloaded). Returns whether
+    the setting is in force.
+    """
+    global _host_memory_kept
+    if _host_memory_kept is None:
+        _host_memory_kept = _set_malloc_parameters()
+    return _host_memory_kept
+
+
+def _set_malloc_parameters() -> bool:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    if any(name in os.environ for name in _MALLOC_VARIABLES) \
+            or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "") \
+            or "malloc" in os.environ.get("LD_PRELOAD", ""):  # fmt: skip
+        return False
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    # mallopt returns 1 on success; the order matters only if the second one fails
+    return bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)) and bool(mallopt(_M_MMAP_MAX, 0))
 
 
 def data_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
@@ -260,6 +312,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "hostname": socket.gethostname(),
         "threads": torch.get_num_threads(),
+        # whether freed host memory is kept for reuse (keep_freed_host_memory; CPU runs)
+        "host_memory_kept": bool(_host_memory_kept),
         "git_revision": git_revision(),
     }
     return info
@@ -420,7 +474,7 @@ class Trainer:
         count = len(self.data.train_labels)
         index = torch.randperm(count, generator=generator)[: min(size, count)].to(self.device)
         images = normalize(self.data.train_images[index], self.mean, self.std)
-        return self.to_memory_format(images), self.data.train_labels[index]
+        return images, self.data.train_labels[index]
 
     def to_memory_format(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -435,15 +489,16 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)  # PyTorch's own init (init=default) draws from here
         model = build_model(cfg.model, num_classes=self.data.num_classes).to(self.device)
+        batch, _ = self.probe_batch(256)
+        # initialized in the default layout, so that the weights do not depend on it
+        layers = initialize(model, cfg.init, seed=cfg.seed, batch=batch)
+        if layers and not self.resume:
+            self.write_init_table(layers)
         self.channels_last = use_channels_last(
             cfg.train.channels_last, self.device, getattr(model, "is_convolutional", False)
         )
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        batch, _ = self.probe_batch(256)
-        layers = initialize(model, cfg.init, seed=cfg.seed, batch=batch)
-        if layers and not self.resume:
-            self.write_init_table(layers)
         self.model = model
         self.forward = torch.compile(model) if cfg.train.compile else model
         self.summary["parameters"] = sum(p.numel() for p in model.parameters())
@@ -471,7 +526,9 @@ class Trainer:
                                            enabled=self.dtype == torch.float16)  # fmt: skip
         self.diagnostics = Diagnostics(
             cfg.diagnostics, self.model, self.table, epochs=cfg.train.epochs,
-            probe_batch=lambda: self.probe_batch(cfg.diagnostics.activation_batch)[0],
+            probe_batch=lambda: self.to_memory_format(
+                self.probe_batch(cfg.diagnostics.activation_batch)[0]
+            ),
             gradients_may_overflow=self.scaler.is_enabled(),
         )  # fmt: skip
 
@@ -558,17 +615,22 @@ class Trainer:
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
         seen = 0
+        # read once: a config lookup costs more than some of the step's small operations
+        batch_size, log_every = cfg.train.batch_size, cfg.train.log_every
+        padding = cfg.data.crop_padding if cfg.data.augment else None
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         epoch_start = time.perf_counter()
-        for start in range(0, count, cfg.train.batch_size):
+        for start in range(0, count, batch_size):
             if self.step >= self.total_steps or self.stop.is_set():
                 break
-            index = order[start : start + cfg.train.batch_size]
-            images, labels = data.train_images[index], data.train_labels[index]
-            if cfg.data.augment:
-                images = augment(images, cfg.data.crop_padding, generator)
-            inputs = self.to_memory_format(normalize(images, self.mean, self.std))
+            index = order[start : start + batch_size]
+            # index_select: the same rows as images[index], several times faster on the CPU
+            images = data.train_images.index_select(0, index)
+            labels = data.train_labels.index_select(0, index)
+            if padding is not None:
+                images = augment(images, padding, generator)
+            inputs = normalize(images, self.mean, self.std, self.channels_last)
 
             with torch.autocast(device.type, dtype=self.dtype,
                                 enabled=self.dtype != torch.float32):  # fmt: skip
@@ -591,7 +653,7 @@ class Trainer:
             self.step += 1
             if progress is not None:
                 progress.update(1)
-            if self.step % cfg.train.log_every == 0 or self.step == 1:
+            if self.step % log_every == 0 or self.step == 1:
                 # the one host read of an ordinary stretch of steps
                 value = loss.item()
                 self.table("steps").write([{
@@ -631,7 +693,7 @@ class Trainer:
         for start in range(0, count, self.cfg.train.eval_batch_size):
             images = data.test_images[start : start + self.cfg.train.eval_batch_size]
             labels = data.test_labels[start : start + self.cfg.train.eval_batch_size]
-            inputs = self.to_memory_format(normalize(images, self.mean, self.std))
+            inputs = normalize(images, self.mean, self.std, self.channels_last)
             with torch.autocast(device.type, dtype=self.dtype,
                                 enabled=self.dtype != torch.float32):  # fmt: skip
                 logits = self.forward(inputs).float()
@@ -688,7 +750,7 @@ class Trainer:
             final_test_acc=final.get("test_acc"), final_train_loss=final.get("train_loss"),
             best_test_acc=None if math.isnan(self.best_acc) else self.best_acc,
             best_epoch=self.best_epoch,
-            images_per_second=_mean([row.get("images_per_second") for row in metrics]),
+            images_per_second=_overall_rate(metrics),
             divergence=self.divergence,
         )  # fmt: skip
         record.atomic_write_json(self.run_dir / record.SUMMARY, self.summary)
@@ -711,9 +773,16 @@ def _read_metrics(run_dir: Path) -> list[dict[str, float]]:
              for key, value in row.items()} for row in rows]  # fmt: skip
 
 
-def _mean(values) -> float | None:
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(values) / len(values) if values else None
+def _overall_rate(metrics: list[dict[str, float]]) -> float | None:
+    """Training images per second over all epochs: all images over all training seconds (the
+    mean of the epochs' rates would count a short epoch as much as a long one)."""
+    timed = [(row["images_per_second"] * row["epoch_seconds"], row["epoch_seconds"])
+             for row in metrics
+             if math.isfinite(row.get("images_per_second", math.nan))
+             and math.isfinite(row.get("epoch_seconds", math.nan))
+             and row["epoch_seconds"] > 0]  # fmt: skip
+    seconds = sum(second for _, second in timed)
+    return sum(images for images, _ in timed) / seconds if seconds > 0 else None
 
 
 def _pct(value) -> str:

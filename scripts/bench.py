@@ -5,28 +5,37 @@
     python scripts/bench.py --model resnet --memory-steps 0
     python scripts/bench.py --model cnn --device cuda    # scripts/gpu_check.sh runs this
 
-One model (same architecture, initialization, optimizer, batch size, precision, memory format
-and thread count), trained three ways and timed over the same number of steps:
+One model object (one architecture, initialization, optimizer, batch size, precision, memory
+format and thread count), trained three ways in turn and timed over the same number of steps:
 
     floor     forward, backward and optimizer step on one ready batch (normalized, already on
               the device, no augmentation): the most any data pipeline can reach;
     runner    initbench's own ``Trainer.train_epoch``, as ``initbench run`` runs it: batches
               sliced from the uint8 dataset on the device, cropped, flipped and normalized
               there, the learning-rate schedule, steps.csv every ``train.log_every`` steps, the
-              progress bar, and the diagnostics at their defaults; then once more with
-              ``diagnostics.enabled=false``;
+              progress bar, and the diagnostics at their defaults; then once more with the
+              diagnostics switched off;
     classic   the textbook loop: a CIFAR-10 Dataset in torchvision's layout over the same uint8
               images, per-image PIL transforms (RandomCrop(32, padding=4), RandomHorizontalFlip,
               ToTensor, Normalize), a DataLoader with worker processes, ``loss.item()`` on every
               step. Only the data path differs: precision and memory format are the runner's.
+              Its workers are started once and kept (``persistent_workers``): each start forks
+              this process, after which every page that any method writes first takes a
+              copy-on-write fault, a cost that would otherwise land on whichever method ran
+              next.
 
 The machine may be shared, so the methods take turns: in every round each runs one chunk of
 ``--steps`` steps, in an order that rotates from round to round. Each ratio is taken within a
 round, between chunks that saw the same background load, and the median over the rounds is
-reported. A chunk of the classic loop starts a fresh DataLoader iterator and takes
-``--classic-warmup`` untimed steps first, so that it neither pays for starting its workers nor
-profits from batches they prepared while another method was being timed. Chunks of the runner
-are whole calls of ``train_epoch`` (a fresh permutation each, as an epoch would start).
+reported. A chunk of the classic loop takes ``--classic-warmup`` untimed steps first, so that
+it does not profit from batches its workers prepared while another method was being timed (they
+prepare ``2 x num_workers`` ahead, then wait). Chunks of the runner are whole calls of
+``train_epoch`` (a fresh permutation each, as an epoch would start).
+
+All methods run in this one process, after ``Trainer.setup``; so all of them get its host
+settings (threads, and on Linux with glibc, freed memory kept for reuse: see
+``initbench.train.keep_freed_host_memory``). Since the methods train one and the same model,
+no method pays for bringing another model's weights back into the caches.
 
 Memory: the peak of each method (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the resident
 set of this process, whose high-water mark is reset before each chunk), and the peak resident
@@ -223,10 +232,12 @@ class Floor:
 
 
 class Runner:
-    """initbench's training loop; each chunk is one call of ``Trainer.train_epoch``."""
+    """initbench's training loop; each chunk is one call of ``Trainer.train_epoch``, with the
+    trainer's diagnostics on (as configured) or off."""
 
-    def __init__(self, trainer):
+    def __init__(self, trainer, diagnostics: bool = True):
         self.trainer = trainer
+        self.diagnostics = diagnostics and trainer.diagnostics.enabled
         # the progress bar of a run, drawn into a buffer so that its cost is counted but its
         # output does not interleave with the table
         with contextlib.redirect_stderr(io.StringIO()):
@@ -238,8 +249,14 @@ class Runner:
     def run(self, steps: int) -> None:
         trainer = self.trainer
         trainer.total_steps = trainer.step + steps  # train_epoch stops at the step budget
-        if trainer.train_epoch(self.progress) is None:
-            raise RuntimeError(f"the runner stopped early (divergence?); see {trainer.run_dir}")
+        configured, trainer.diagnostics.enabled = trainer.diagnostics.enabled, self.diagnostics
+        try:
+            if trainer.train_epoch(self.progress) is None:
+                raise RuntimeError(
+                    f"the runner stopped early (divergence?); see {trainer.run_dir}"
+                )
+        finally:
+            trainer.diagnostics.enabled = configured
 
     def stop(self) -> None:
         pass
@@ -289,13 +306,15 @@ class Classic:
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
             pin_memory=trainer.device.type == "cuda", drop_last=True,
+            persistent_workers=workers > 0,
             generator=torch.Generator().manual_seed(trainer.cfg.seed),
         )  # fmt: skip
         self.batches = None
         self.running_loss = 0.0
 
     def start(self) -> None:
-        self.batches = iter(self.loader)
+        if self.batches is None:
+            self.batches = iter(self.loader)  # starts the workers, once
         self.run(self.warmup)
 
     def run(self, steps: int) -> None:
@@ -316,7 +335,11 @@ class Classic:
             self.running_loss += loss.item()  # the per-step host read of the textbook loop
 
     def stop(self) -> None:
-        self.batches = None  # the iterator's workers shut down here, outside the timing
+        pass
+
+    def close(self) -> None:
+        # the loader holds its persistent iterator: dropping both shuts the workers down
+        self.batches = self.loader = None
 
 
 def timed(method, steps: int, device: torch.device) -> tuple[float, float, float]:
@@ -394,13 +417,12 @@ def main() -> int:
             )
 
         runner = make_trainer(common, scratch / "runner")
-        quiet = make_trainer([*common, "diagnostics.enabled=false"], scratch / "runner-quiet")
         methods = {
-            # floor and classic train the same model object as the quiet runner
-            "floor": Floor(quiet, args.batch_size),
+            # all four train the one model of the runner
+            "floor": Floor(runner, args.batch_size),
             "runner": Runner(runner),
-            "runner, diagnostics off": Runner(quiet),
-            "classic": Classic(quiet, args.batch_size, args.workers, args.classic_warmup,
+            "runner, diagnostics off": Runner(runner, diagnostics=False),
+            "classic": Classic(runner, args.batch_size, args.workers, args.classic_warmup,
                                args.transforms),
         }  # fmt: skip
         print_header(args, runner, device, threads, steps, rounds, warmup)
@@ -422,8 +444,8 @@ def main() -> int:
                 seconds[name].append(took)
                 cpu[name].append(cpu_took)
                 peaks[name] = max(peaks[name], peak)
+        methods["classic"].close()
         runner.close_tables()
-        quiet.close_tables()
 
     print(f"load average at the end (1, 5, 15 min): {load_average()}")
     report(seconds, cpu, peaks, steps * args.batch_size, steps, device)

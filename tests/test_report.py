@@ -203,6 +203,20 @@ def test_describe_ignores_missing_values():
     assert tables.describe([])["n"] == 0 and math.isnan(tables.describe([])["mean"])
 
 
+def test_confidence_interval_stays_within_what_the_figure_can_take():
+    # three accuracies near 0: mean 0.02, std 0.02, half-width t(0.975, 2) * 0.02 / sqrt(3)
+    accuracies = [0.0, 0.02, 0.04]
+    half = tables.t_quantile(0.975, 2) * 0.02 / math.sqrt(3)
+    assert 0.02 - half < 0  # the raw interval would reach below 0%
+    described = tables.describe(accuracies, (0.0, 1.0))
+    assert described["ci95_low"] == 0.0
+    assert described["ci95_high"] == pytest.approx(0.02 + half)
+    near_one = tables.describe([1.0, 0.98, 0.96], (0.0, 1.0))
+    assert near_one["ci95_high"] == 1.0 and near_one["ci95_low"] == pytest.approx(0.98 - half)
+    # the aggregate table applies the bounds of accuracy
+    assert tables.BOUNDS["final_test_acc"] == (0.0, 1.0)
+
+
 # ----------------------------------------------------------------------------- configurations
 
 

@@ -17,7 +17,6 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import initbench.train
 from initbench.app import compose_config
 from initbench.data import Dataset, augment, normalize
 from initbench.train import Trainer, resolve_precision, use_channels_last
@@ -181,11 +180,13 @@ def test_autocast_precision_follows_the_device(precision, device, dtype):
 
 
 @pytest.mark.parametrize(("requested", "device", "convolutional", "expected"), [
-    (True, "cuda", True, True), (True, "cuda:1", True, True),
-    (True, "cpu", True, False), (True, "mps", True, False),
-    (True, "cuda", False, False), (False, "cuda", True, False),
+    (True, "cuda", True, True), (True, "cuda:1", True, True), (True, "cpu", True, True),
+    (True, "mps", True, False), (True, "cuda", False, False), (True, "cpu", False, False),
+    (False, "cuda", True, False), (False, "cpu", True, False),
 ])  # fmt: skip
-def test_channels_last_only_for_convolutions_on_cuda(requested, device, convolutional, expected):
+def test_channels_last_for_convolutions_on_cuda_and_cpu(
+    requested, device, convolutional, expected
+):
     assert use_channels_last(requested, torch.device(device), convolutional) is expected
 
 
@@ -232,15 +233,61 @@ def test_bf16_autocast_covers_training_and_evaluation(workdir):
     assert not any(call[4] for call in trainer.calls)
 
 
-def test_channels_last_reaches_model_and_every_batch(workdir, monkeypatch):
-    """The CUDA decision forced on the CPU: the model's convolutions and every batch it sees
-    (training, evaluation, the diagnostics' probe batch) come in channels-last."""
-    monkeypatch.setattr(initbench.train, "use_channels_last", lambda *args: True)
+def test_channels_last_reaches_model_and_every_batch(workdir):
+    """A convolutional model on the CPU: its convolutions and every batch it sees (training,
+    evaluation, the diagnostics' probe batch) come in channels-last; with
+    train.channels_last=false, none."""
     trainer = new_trainer(WatchingTrainer, [*SMALL, "train.max_steps=4"], workdir / "run")
     trainer.run()
     conv = trainer.model.features[0]
+    assert trainer.channels_last
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()
     assert trainer.calls and all(call[5] for call in trainer.calls)
+
+    off = new_trainer(WatchingTrainer, [*SMALL, "train.max_steps=4", "train.channels_last=false"],
+                      workdir / "off")  # fmt: skip
+    off.run()
+    assert not off.channels_last and off.model.features[0].weight.is_contiguous()
+    assert off.calls and not any(call[5] for call in off.calls)
+
+
+@pytest.mark.parametrize("init", ["kaiming_normal", "orthogonal", "delta_orthogonal", "lsuv",
+                                  "fixup", "spectral"])  # fmt: skip
+def test_initial_weights_do_not_depend_on_the_layout(workdir, init):
+    """The model is initialized before it goes channels-last: the same weights either way,
+    bit for bit, for initializers that draw, decompose or run the model."""
+    model = {"fixup": "resnet", "delta_orthogonal": "plain_cnn"}.get(init, "cnn")
+    small = {"cnn": SMALL[1:3],
+             "resnet": ["model.blocks=[1,1,1]", "model.width=4", "model.norm=none"],
+             "plain_cnn": ["model.depth=3", "model.width=8"]}[model]  # fmt: skip
+    overrides = [*SMALL[3:], f"model={model}", *small, f"init={init}"]
+    weights = []
+    for layout in ("true", "false"):
+        trainer = new_trainer(Trainer, [*overrides, f"train.channels_last={layout}"],
+                              workdir / layout)  # fmt: skip
+        trainer.setup()
+        trainer.load_data()
+        trainer.build_model()
+        assert trainer.channels_last is (layout == "true")
+        weights.append({name: value.contiguous() for name, value in
+                        trainer.model.state_dict().items()})  # fmt: skip
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name
+
+
+def test_normalize_lays_out_channels_last_with_the_same_values():
+    images = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
+    mean, std = torch.tensor([0.4, 0.5, 0.6]), torch.tensor([0.2, 0.25, 0.3])
+    plain = normalize(images, mean, std)
+    last = normalize(images, mean, std, channels_last=True)
+    assert plain.is_contiguous() and last.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(plain, last)
+    expected = (images.double() / 255 - mean.double().view(1, 3, 1, 1)) / std.double().view(
+        1, 3, 1, 1
+    )
+    torch.testing.assert_close(plain.double(), expected, rtol=0, atol=1e-6)
 
 
 def test_dataset_stays_uint8_on_the_device(workdir):

@@ -104,7 +104,7 @@ def build(
         page.text(
             "One row per configuration; a figure is the mean ± sample std over the runs counted "
             "(completed or diverged, one per seed), with the 95% confidence interval of the mean "
-            "(t distribution; empty with one run). "
+            "(t distribution, kept within 0–100% for accuracies; empty with one run). "
             f"*Epoch to threshold*: the first epoch whose test accuracy reached {threshold:g}, "
             "averaged over the runs that reached it (*reached* says how many)."
         )

@@ -57,6 +57,10 @@ FIGURES = (
     "total_seconds",
     "images_per_second",
 )
+# The values each figure can take: its confidence interval is clipped to them (a t-interval of
+# three accuracies near 0 would otherwise reach below 0%). The others are counts, losses and
+# durations: never negative.
+BOUNDS = {"final_test_acc": (0.0, 1.0), "best_test_acc": (0.0, 1.0)}
 TEXT_COLUMNS = frozenset({"layer", "tensor", "kind"})
 
 
@@ -285,7 +289,14 @@ def _figures(runs: Runs, run: Run, threshold: float) -> dict[str, Any]:
         losses = metrics["train_loss"].dropna()
         derived["final_train_loss"] = losses.iloc[-1] if len(losses) else np.nan
         derived["epochs_completed"] = metrics["epoch"].max()
-        derived["images_per_second"] = _finite_mean(metrics["images_per_second"])
+        # all images over all training seconds, as summary.json has it
+        timed = metrics[["images_per_second", "epoch_seconds"]].dropna()
+        timed = timed[np.isfinite(timed).all(axis=1) & (timed["epoch_seconds"] > 0)]
+        seconds = timed["epoch_seconds"].sum()
+        derived["images_per_second"] = (
+            (timed["images_per_second"] * timed["epoch_seconds"]).sum() / seconds
+            if seconds > 0 else np.nan
+        )  # fmt: skip
         if len(tested):
             derived["final_test_acc"] = tested["test_acc"].iloc[-1]
             best = tested["test_acc"].idxmax()
@@ -346,11 +357,6 @@ def _float(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
-
-
-def _finite_mean(values: pd.Series) -> float:
-    values = values[np.isfinite(values)]
-    return float(values.mean()) if len(values) else np.nan
 
 
 def _mark_duplicates(frame: pd.DataFrame, varying: list[str]) -> None:
@@ -439,8 +445,10 @@ def t_quantile(probability: float, df: int) -> float:
     return math.sqrt(df) * math.tan((low + high) / 2)
 
 
-def describe(values: Iterable[float]) -> dict[str, float]:
-    """Mean, sample std, count and the 95% t-interval of the mean of the finite values.
+def describe(values: Iterable[float], bounds: tuple[float, float] = (0.0, math.inf)
+             ) -> dict[str, float]:  # fmt: skip
+    """Mean, sample std, count and the 95% t-interval of the mean of the finite values, the
+    interval clipped to ``bounds``, the values the quantity can take.
 
     With fewer than two values the std and the interval are NaN: one run says nothing about
     the spread.
@@ -451,7 +459,9 @@ def describe(values: Iterable[float]) -> dict[str, float]:
     mean = float(array.mean()) if n else np.nan
     std = float(array.std(ddof=1)) if n > 1 else np.nan
     half = t_quantile(0.975, n - 1) * std / math.sqrt(n) if n > 1 else np.nan
-    return {"mean": mean, "std": std, "n": n, "ci95_low": mean - half, "ci95_high": mean + half}
+    low, high = bounds
+    return {"mean": mean, "std": std, "n": n, "ci95_low": max(mean - half, low),
+            "ci95_high": min(mean + half, high)}  # fmt: skip
 
 
 def aggregate_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -478,7 +488,8 @@ def aggregate_table(summary: pd.DataFrame) -> pd.DataFrame:
         row["seeds"] = " ".join(str(_seed(seed)) for seed in sorted(results["seed"].dropna()))
         row["reached_threshold"] = int(results["threshold_epoch"].notna().sum())
         for figure in FIGURES:
-            for stat, value in describe(results[figure]).items():
+            bounds = BOUNDS.get(figure, (0.0, math.inf))
+            for stat, value in describe(results[figure], bounds).items():
                 row[f"{figure}_{stat}"] = value
         rows.append(row)
     frame = pd.DataFrame(rows)
