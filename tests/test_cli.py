@@ -94,6 +94,13 @@ def test_out_of_range_values_stop_before_any_work(workdir, override, expected):
     assert not (workdir / "outputs").exists()
 
 
+def test_an_activation_the_lstm_cannot_have_is_refused(workdir):
+    result = invoke("run", *QUICK[:6], "model=lstm", "model.activation=relu")
+    assert result.exit_code == 2, result.output
+    assert "does not apply to model=lstm" in result.output and "init.gain" in result.output
+    assert not (workdir / "outputs").exists()
+
+
 def test_comma_list_without_multirun_is_refused(workdir):
     result = invoke("run", "init=xavier,kaiming", *QUICK)
     assert result.exit_code == 2

@@ -133,6 +133,13 @@ def check_model_config(model_cfg: Any) -> None:
             f"model.norm={cfg['norm']!r} is not known; choose one of: {', '.join(NORMS)}.",
         )
     elif name == "lstm":
+        _require(
+            cfg["activation"] == "tanh",
+            f"model.activation={cfg['activation']!r} does not apply to model=lstm: the LSTM "
+            "cell's nonlinearities are fixed (sigmoid gates, tanh cell), so the activation "
+            "stays tanh. To change the scale the initializers use, set init.gain (e.g. "
+            "init=xavier_uniform init.gain=1.0); for a ReLU network, choose model=mlp or cnn.",
+        )
         _positive_int(cfg, "layers")
         _positive_int(cfg, "hidden")
     elif name == "plain_cnn":

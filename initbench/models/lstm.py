@@ -9,9 +9,9 @@ class LSTMClassifier(nn.Module):
     """Read a (N, 3, 32, 32) image as 32 time steps of 96 values, classify the last hidden state.
 
     Each step is one image row: its 32 pixels with their 3 channels side by side
-    (``[r, g, b, r, g, b, ...]``). ``activation`` does not change the cell, whose nonlinearities
-    are fixed (sigmoid gates, tanh cell); it names the gain convention that initializers use for
-    the recurrent and input weights, tanh by default.
+    (``[r, g, b, r, g, b, ...]``). The cell's nonlinearities are fixed (sigmoid gates, tanh
+    cell), so ``activation`` is tanh (the config check refuses any other): it names the gain
+    convention that initializers use for the recurrent and input weights.
     """
 
     is_convolutional = False

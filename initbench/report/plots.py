@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import textwrap
 from collections.abc import Iterable, Mapping
 
 import matplotlib
@@ -86,8 +87,19 @@ def _figure(
 ) -> tuple[Figure, np.ndarray]:
     extra = LEGEND_WIDTH if legend else 0.0
     figure = Figure(figsize=(columns * width + extra, rows * height + 0.6), layout="constrained")
+    figure.panels_width = columns * width  # for _suptitle
     axes = figure.subplots(rows, columns, squeeze=False, **subplots)
     return figure, axes
+
+
+def _suptitle(figure: Figure, text: str) -> None:
+    """The figure's title, centred over the panels and wrapped to their width, so that it never
+    runs into the legend beside them (a one-column figure is narrower than most titles)."""
+    width, _ = figure.get_size_inches()
+    panels = getattr(figure, "panels_width", width)
+    # about 11 characters per inch at the title's 12 points
+    figure.suptitle(textwrap.fill(text, max(30, int(panels * 11))), x=panels / 2 / width,
+                    ha="center")  # fmt: skip
 
 
 def _legend(
@@ -140,7 +152,10 @@ def _depth_axis(axis, frame: pd.DataFrame) -> None:
     if names.empty:
         return
     depths = names.index.to_numpy()
-    ticks = sorted({depths[0], depths[len(depths) // 2], depths[-1]})
+    # every layer of a shallow model; the first, middle and last of a deep one
+    ticks = (
+        depths if len(depths) <= 5 else sorted({depths[0], depths[len(depths) // 2], depths[-1]})
+    )
     axis.set_xticks(ticks, [f"{int(d)}\n{_short(names[d])}" for d in ticks], fontsize="x-small")
 
 
@@ -171,7 +186,7 @@ def plot_convergence(curves: pd.DataFrame, colors: Mapping[str, str]) -> Figure 
         return None
     settings = _settings(curves)
     figure, axes = _figure(len(settings), 2)
-    figure.suptitle("Convergence: mean of completed seeds (line), min–max over seeds (band)")
+    _suptitle(figure, "Convergence: mean of completed seeds (line), min–max over seeds (band)")
     statuses = set(curves["status"])
     for row, setting in enumerate(settings):
         of_setting = curves[curves["setting"].fillna("") == setting]
@@ -259,9 +274,10 @@ def plot_gradient_flow(flow: pd.DataFrame, colors: Mapping[str, str]) -> Figure 
     figure, axes = _figure(len(settings), len(points), sharey="row")
     labels = sorted(flow["init_label"].unique())
     bands = len(labels) <= BANDS_UP_TO
-    figure.suptitle(
+    _suptitle(
+        figure,
         "Gradient flow: gradient norm per layer (geometric mean over seeds"
-        + (", band min–max)" if bands else ")")
+        + (", band min–max)" if bands else ")"),
     )
     widths = _widths(labels)
     for row, setting in enumerate(settings):
@@ -327,7 +343,7 @@ def plot_layer_std(moments: pd.DataFrame, colors: Mapping[str, str]) -> Figure |
     points = [p for p in ("initialization", "after training") if p in set(moments["point"])]
     rows = [(setting, tensor) for setting in settings for tensor in tensors]
     figure, axes = _figure(len(rows), len(points), sharey="row")
-    figure.suptitle("Scale per layer: standard deviation (geometric mean over seeds)")
+    _suptitle(figure, "Scale per layer: standard deviation (geometric mean over seeds)")
     widths = _widths(sorted(moments["init_label"].unique()))
     for row, (setting, tensor) in enumerate(rows):
         of_row = moments[
@@ -378,9 +394,10 @@ def plot_histograms(
         .itertuples(index=False, name=None)
     )
     figure, axes = _figure(len(rows), len(positions), height=1.4, legend=True)
-    figure.suptitle(
+    _suptitle(
+        figure,
         f"{tensor.capitalize()} histograms of the first, middle and last layer: "
-        "at initialization (filled) and after training (line); each panel its own x range"
+        "at initialization (filled) and after training (line); each panel its own x range",
     )
     previous_setting = None
     for row, (setting, label) in enumerate(rows):
@@ -471,7 +488,9 @@ def plot_signal_propagation(probe: pd.DataFrame, colors: Mapping[str, str]) -> F
         return None
     settings = _settings(probe)
     figure, axes = _figure(len(settings), 2)
-    figure.suptitle("Signal propagation at initialization (probe runs; geometric mean over seeds)")
+    _suptitle(
+        figure, "Signal propagation at initialization (probe runs; geometric mean over seeds)"
+    )
     widths = _widths(sorted(probe["init_label"].unique()))
     for row, setting in enumerate(settings):
         of_setting = probe[probe["setting"].fillna("") == setting]
