@@ -27,7 +27,9 @@ format and thread count), trained three ways in turn and timed over the same num
 The machine may be shared, so the methods take turns: in every round each runs one chunk of
 ``--steps`` steps, in an order that rotates from round to round. Each ratio is taken within a
 round, between chunks that saw the same background load, and the median over the rounds is
-reported. A chunk of the classic loop takes ``--classic-warmup`` untimed steps first, so that
+reported, with a distribution-free 95% confidence interval (order statistics of the rounds): on
+a shared machine a median of 25 rounds still moves by a few percent from one run to the next.
+A chunk of the classic loop takes ``--classic-warmup`` untimed steps first, so that
 it does not profit from batches its workers prepared while another method was being timed (they
 prepare ``2 x num_workers`` ahead, then wait). Chunks of the runner are whole calls of
 ``train_epoch`` (a fresh permutation each, as an epoch would start).
@@ -83,7 +85,7 @@ DEFAULT_DATA = Path(
 # runner's periodic work (a steps.csv row every 20 steps, gradient norms every 50) falls in
 # some chunks more than others; the mean of the paired ratios is printed beside their median.
 CHUNK = {
-    ("cpu", "cnn"): (40, 15),
+    ("cpu", "cnn"): (40, 25),
     ("cpu", "resnet"): (3, 7),
     ("cuda", "cnn"): (400, 7),
     ("cuda", "resnet"): (100, 7),
