@@ -227,11 +227,19 @@ def plot_sweep(sweep_dir) -> None:
     from pathlib import Path
 
     from initbench import record
+    from initbench.report import plots, tables
 
-    tables = [pd.read_csv(run / "probe.csv") for run in record.find_runs([Path(sweep_dir)])
-              if (run / "probe.csv").exists()]  # fmt: skip
-    if tables:
-        plot_probe(tables, Path(sweep_dir) / "probe.png")
+    found = [run for run in record.find_runs([Path(sweep_dir)]) if (run / "probe.csv").exists()]
+    if not found:
+        return
+    # labelled as the report labels them: an initializer together with the settings of it that
+    # vary across the sweep (init.gain=1 and init.gain=null are two lines, never one average)
+    runs = tables.Runs(tables.find([Path(sweep_dir)]))
+    summary = tables.labeled(tables.summary_table(runs, 0.5))
+    profiles = tables.probe_profiles(runs, summary)
+    figure = plots.plot_signal_propagation(profiles, plots.init_colors(summary["init_label"]))
+    if figure is not None:
+        figure.savefig(Path(sweep_dir) / "probe.png", dpi=110, bbox_inches="tight")
 
 
 def probe_task(cfg) -> dict:

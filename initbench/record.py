@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -93,8 +94,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    text = json.dumps(payload, indent=2, sort_keys=False, default=_json_default) + "\n"
+    """Strict JSON: a non-finite number (a diverged run's loss) is written as the string
+    ``"nan"``, ``"inf"`` or ``"-inf"``, which ``float()`` reads back, since JSON has no NaN."""
+    text = json.dumps(_finite(payload), indent=2, sort_keys=False, default=_json_default,
+                      allow_nan=False) + "\n"  # fmt: skip
     atomic_write_bytes(path, text.encode())
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "nan", "inf", "-inf"
+    if isinstance(value, Mapping):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalars
+        return _finite(value.item())
+    return value
 
 
 def _json_default(value: Any) -> Any:

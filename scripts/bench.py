@@ -13,8 +13,8 @@ format and thread count), trained three ways in turn and timed over the same num
     runner    initbench's own ``Trainer.train_epoch``, as ``initbench run`` runs it: batches
               sliced from the uint8 dataset on the device, cropped, flipped and normalized
               there, the learning-rate schedule, steps.csv every ``train.log_every`` steps, the
-              progress bar, and the diagnostics at their defaults; then once more with the
-              diagnostics switched off;
+              progress bar (off, as in any run whose output is not a terminal), and the
+              diagnostics at their defaults; then once more with the diagnostics switched off;
     classic   the textbook loop: a CIFAR-10 Dataset in torchvision's layout over the same uint8
               images, per-image PIL transforms (RandomCrop(32, padding=4), RandomHorizontalFlip,
               ToTensor, Normalize), a DataLoader with worker processes, ``loss.item()`` on every
@@ -241,8 +241,8 @@ class Runner:
     def __init__(self, trainer, diagnostics: bool = True):
         self.trainer = trainer
         self.diagnostics = diagnostics and trainer.diagnostics.enabled
-        # the progress bar of a run, drawn into a buffer so that its cost is counted but its
-        # output does not interleave with the table
+        # the progress bar of a run whose output is not a terminal, as here: none (its cost on
+        # a terminal is a fraction of a microsecond per step)
         with contextlib.redirect_stderr(io.StringIO()):
             self.progress = trainer.progress_bar()
 
@@ -491,8 +491,10 @@ def report(seconds, cpu, peaks, images: int, steps: int, device: torch.device) -
             ratios[f"{label}runner/{other}"] = statistics.median(paired)
             rounds = " ".join(f"{value:.2f}" for value in paired)
             low, high = median_interval(paired)
+            # with fewer than 6 rounds no pair of order statistics reaches 95%: say what it is
+            interval = "95% CI" if len(paired) >= 6 else "min-max"
             line = (f"{label + 'runner/' + other:<32} per round: {rounds}; "
-                    f"median {statistics.median(paired):.3f} (95% CI {low:.3f}-{high:.3f}), "
+                    f"median {statistics.median(paired):.3f} ({interval} {low:.3f}-{high:.3f}), "
                     f"mean {statistics.fmean(paired):.3f}, fastest chunks {best:.3f}")  # fmt: skip
             if other == "floor":
                 # Both run in this process alone: their CPU time is the work done, whatever

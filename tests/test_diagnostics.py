@@ -394,8 +394,15 @@ def test_an_injected_gradient_overflow_is_found_at_its_step_and_layer(tmp_path, 
     assert divergence["cause"] == "gradient" and divergence["layer"] == "hidden.0.weight"
     assert divergence["layer_basis"] == BASIS_GRADIENT
     assert divergence["nonfinite_parameters"] == 1
-    on_disk = json.loads((tmp_path / "summary.json").read_text())
+
+    # strict JSON (no NaN or Infinity literals, which JSON does not have); the non-finite loss
+    # is the string float() reads back
+    def refuse(constant):
+        raise ValueError(f"{constant} in summary.json")
+
+    on_disk = json.loads((tmp_path / "summary.json").read_text(), parse_constant=refuse)
     assert on_disk["divergence"]["layer"] == "hidden.0.weight"
+    assert not math.isfinite(float(on_disk["divergence"]["loss"]))
 
 
 def test_of_two_gradients_overflowing_together_the_one_nearest_the_output_went_first(

@@ -526,3 +526,14 @@ def test_default_out_sits_with_the_runs_never_inside_one(tmp_path):
     run = write_run(tmp_path / "sweep" / "seed=0", config(), diagnostics=False)
     assert make_report([tmp_path / "sweep"])["page"] == tmp_path / "sweep" / "report" / "report.md"
     assert make_report([run])["page"] == tmp_path / "sweep" / "report" / "report.md"
+
+
+def test_a_spectral_norm_parameter_counts_as_its_layers_weight():
+    name = "hidden.0.parametrizations.weight.original"
+    assert tables.plain_parameter_name(name) == "hidden.0.weight"
+    assert tables.plain_parameter_name("rnn.parametrizations.weight_hh_l0.original") == (
+        "rnn.weight_hh_l0"
+    )
+    assert tables.plain_parameter_name("hidden.0.bias") == "hidden.0.bias"
+    assert tables._is_layer_weight(tables.plain_parameter_name(name), {"hidden.0"})
+    assert not tables._is_layer_weight("hidden.0.bias", {"hidden.0"})

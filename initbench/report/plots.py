@@ -380,7 +380,7 @@ def plot_histograms(
     layer look like, at initialization (filled) and after training (line)? One row per
     initializer, one run each (its lowest finished seed). Each panel has its own x range, since
     scales differ by orders of magnitude between initializers (the layer_std figure compares
-    scales); the std before → after is printed in the corner."""
+    scales); the std before → after (exact, from distributions.csv) is printed in the corner."""
     if histograms.empty:
         return None
     of_tensor = histograms[histograms["tensor"] == tensor]
@@ -411,7 +411,8 @@ def plot_histograms(
                 width = (drawn["bin_high"] - drawn["bin_low"]).replace(0, np.nan)
                 density = drawn["count"] / (drawn["count"].sum() * width)
                 edges = np.append(drawn["bin_low"].to_numpy(), drawn["bin_high"].iloc[-1])
-                spreads[point] = _histogram_std(drawn)
+                std = drawn["std"].iloc[0] if "std" in drawn else math.nan
+                spreads[point] = std if math.isfinite(std) else _histogram_std(drawn)
                 if point == "initialization":
                     axis.stairs(
                         density.fillna(0).to_numpy(),
@@ -440,6 +441,7 @@ def plot_histograms(
                     va="top",
                     fontsize="x-small",
                     color="0.25",
+                    bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1},
                 )
             axis.set_yticks([])
             axis.tick_params(labelsize="x-small")

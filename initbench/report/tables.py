@@ -637,6 +637,12 @@ def _in_order(names: pd.Series) -> list[str]:
     return [str(name) for name in values if isinstance(name, str)]
 
 
+def plain_parameter_name(name: str) -> str:
+    """The name a parameter has without a parametrization: under ``init.spectral_norm=true``,
+    ``hidden.0.parametrizations.weight.original`` is ``hidden.0.weight``."""
+    return re.sub(r"\.parametrizations\.([^.]+)\.original\d*$", r".\1", name)
+
+
 def _is_layer_weight(name: str, modules: set[str]) -> bool:
     """Whether a parameter is the weight of a Linear/Conv/recurrent layer (not a bias, not a
     normalization scale). Without distributions.csv to say which modules those are, the name
@@ -658,6 +664,7 @@ def gradient_flow(runs: Runs, summary: pd.DataFrame) -> pd.DataFrame:
         norms = runs.table(run, "grad_norms")
         if norms is None or not len(norms):
             continue
+        norms = norms.assign(layer=norms["layer"].map(plain_parameter_name))
         modules = set(weighted_layers(runs, run))
         names = _in_order(norms["layer"])
         kept = [name for name in names if _is_layer_weight(name, modules)] or names
@@ -756,6 +763,13 @@ def representative_histograms(runs: Runs, summary: pd.DataFrame) -> pd.DataFrame
         if histograms is None or not len(histograms):
             continue
         histograms = histograms.dropna(subset=["epoch", "count"])
+        # the exact std of each tensor, from distributions.csv (the bins cannot give it: they
+        # stay those of initialization, and a distribution that shrank fills one or two)
+        moments = runs.table(run, "distributions")
+        exact = {} if moments is None else {
+            (layer, tensor, epoch): std for layer, tensor, epoch, std in
+            moments[["layer", "tensor", "epoch", "std"]].itertuples(index=False)
+        }  # fmt: skip
         first, last = histograms["epoch"].min(), histograms["epoch"].max()
         points = {"initialization": first} | ({"after training": last} if last != first else {})
         for tensor, of_tensor in histograms.groupby("tensor", sort=False):
@@ -773,9 +787,10 @@ def representative_histograms(runs: Runs, summary: pd.DataFrame) -> pd.DataFrame
                     columns = ["bin_low", "bin_high", "count"]
                     frames.append(
                         _tag(at[columns], row).assign(
-                            tensor=tensor, layer=layer, position=position, point=point
+                            tensor=tensor, layer=layer, position=position, point=point,
+                            std=exact.get((layer, tensor, epoch), np.nan),
                         )
-                    )
+                    )  # fmt: skip
     return _concat(frames)
 
 
