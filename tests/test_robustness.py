@@ -566,3 +566,10 @@ def test_output_directory_that_cannot_be_written_is_refused(workdir, monkeypatch
 def test_initializer_that_cannot_apply_to_the_model_is_refused(workdir, init, model):
     result = invoke(*quick(f"init={init}", f"model={model}"))
     assert_refused(result, f"does not apply to model '{model}'", "it is for:", workdir=workdir)
+
+
+def test_zeros_under_spectral_normalization_is_refused(workdir):
+    # every weight divided by its largest singular value, 0: NaN at the first step
+    result = invoke(*quick("init=zeros", "init.spectral_norm=true"))
+    assert_refused(result, "init=zeros with init.spectral_norm=true", "init=orthogonal",
+                   workdir=workdir)  # fmt: skip

@@ -691,6 +691,13 @@ def _settings(init_cfg: Any, activation: str | None) -> tuple[InitializerSpec, S
     spectral = cfg.get("spectral_norm", False)
     if not isinstance(spectral, bool):
         raise ConfigError(f"init.spectral_norm={spectral!r} must be true or false.")
+    if spectral and spec.name == "zeros":
+        raise ConfigError(
+            "init=zeros with init.spectral_norm=true divides every weight by its largest "
+            "singular value, 0, so the first step is NaN; spectral normalization needs weights "
+            "that are not all zero: choose another initializer (e.g. init=orthogonal), or "
+            "init.spectral_norm=false to watch zeros fail by symmetry alone."
+        )
     forget_bias = cfg.get("forget_bias", spec.forget_bias)
     if forget_bias is not None and not (_is_number(forget_bias) and math.isfinite(forget_bias)):
         raise ConfigError(f"init.forget_bias={forget_bias!r} must be a number or null.")
