@@ -89,18 +89,31 @@ class Dataset:
 # ----------------------------------------------------------------------------- batch transforms
 
 
-def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-              channels_last: bool = False) -> torch.Tensor:  # fmt: skip
+def normalize(
+    images: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    channels_last: bool = False,
+    *,
+    affine: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float, per-channel standardized: (x / 255 - mean) / std, as one
-    multiply and one add per element; laid out channels-last if asked.
+    multiply and one add per element; laid out channels-last if asked. ``affine`` is
+    ``normalization_affine(mean, std)`` computed once, for a caller that normalizes every step.
 
     The arithmetic is done in the plain layout and the result converted after: a per-channel
     multiply over a channels-last tensor has 3 elements in its innermost loop, and on the CPU
     that costs 5x more than the conversion (measured at batch 64: 45 us to normalize, 50 us to
     convert, 240 us to normalize in channels-last)."""
-    images = images.float().mul_((1 / (255 * std)).view(1, 3, 1, 1))
-    images = images.add_((-mean / std).view(1, 3, 1, 1))
+    scale, shift = affine if affine is not None else normalization_affine(mean, std)
+    images = images.float().mul_(scale).add_(shift)
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
+def normalization_affine(mean: torch.Tensor, std: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(scale, shift), each (1, 3, 1, 1): x * scale + shift = (x / 255 - mean) / std."""
+    return (1 / (255 * std)).view(1, 3, 1, 1), (-mean / std).view(1, 3, 1, 1)
 
 
 def augment(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:

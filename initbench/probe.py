@@ -226,15 +226,14 @@ def plot_sweep(sweep_dir) -> None:
     """The sweep's probe.png: every probe run below ``sweep_dir`` on one figure."""
     from pathlib import Path
 
-    from initbench import record
     from initbench.report import plots, tables
 
-    found = [run for run in record.find_runs([Path(sweep_dir)]) if (run / "probe.csv").exists()]
-    if not found:
-        return
     # labelled as the report labels them: an initializer together with the settings of it that
     # vary across the sweep (init.gain=1 and init.gain=null are two lines, never one average)
-    runs = tables.Runs(tables.find([Path(sweep_dir)]))
+    found = tables.find([Path(sweep_dir)])
+    if not found:
+        return
+    runs = tables.Runs(found)
     summary = tables.labeled(tables.summary_table(runs, 0.5))
     profiles = tables.probe_profiles(runs, summary)
     figure = plots.plot_signal_propagation(profiles, plots.init_colors(summary["init_label"]))

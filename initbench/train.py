@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from initbench import record
-from initbench.data import Dataset, augment, load_dataset, normalize
+from initbench.data import Dataset, augment, load_dataset, normalization_affine, normalize
 
 log = logging.getLogger(__name__)
 
@@ -468,6 +468,7 @@ class Trainer:
                 torch.zeros(3, device=self.device),
                 torch.ones(3, device=self.device),
             )
+        self.affine = normalization_affine(self.mean, self.std)  # once, not every step
         self.data = dataset.to(self.device)
         self.summary.update(data_source=dataset.source, train_images=len(dataset.train_labels),
                             test_images=len(dataset.test_labels))  # fmt: skip
@@ -634,7 +635,7 @@ class Trainer:
             labels = data.train_labels.index_select(0, index)
             if padding is not None:
                 images = augment(images, padding, generator)
-            inputs = normalize(images, self.mean, self.std, self.channels_last)
+            inputs = normalize(images, self.mean, self.std, self.channels_last, affine=self.affine)
 
             with torch.autocast(device.type, dtype=self.dtype,
                                 enabled=self.dtype != torch.float32):  # fmt: skip
@@ -697,7 +698,7 @@ class Trainer:
         for start in range(0, count, self.cfg.train.eval_batch_size):
             images = data.test_images[start : start + self.cfg.train.eval_batch_size]
             labels = data.test_labels[start : start + self.cfg.train.eval_batch_size]
-            inputs = normalize(images, self.mean, self.std, self.channels_last)
+            inputs = normalize(images, self.mean, self.std, self.channels_last, affine=self.affine)
             with torch.autocast(device.type, dtype=self.dtype,
                                 enabled=self.dtype != torch.float32):  # fmt: skip
                 logits = self.forward(inputs).float()
